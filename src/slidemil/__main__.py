@@ -1,0 +1,5 @@
+import sys
+
+from slidemil.cli import main
+
+sys.exit(main())

@@ -1,0 +1,115 @@
+"""Slide-level classification metrics with bootstrap confidence intervals.
+
+Binary tasks take prob as [N] (probability of the positive class, label 1) or [N, 2];
+multiclass tasks take prob as [N, C] (rows are class probabilities): then AUC is one-vs-rest
+macro, F1 is macro, and balanced accuracy is computed on the argmax. A metric that is
+undefined on the data (AUC with one class present) is nan, never an exception, so a bootstrap
+resample or a tiny fold cannot crash a benchmark.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import numpy as np
+from scipy.stats import rankdata
+from sklearn.metrics import balanced_accuracy_score, f1_score
+
+Metric = Callable[[np.ndarray, np.ndarray], float]
+
+
+def auc_binary(y_true: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC as the Mann-Whitney U statistic (ties count 1/2; equals sklearn's roc_auc_score).
+
+    A closed form on ranks: ~50x faster than sklearn, which matters inside a 1000-fold bootstrap.
+    nan when only one class is present.
+    """
+    y = np.asarray(y_true).astype(bool).ravel()
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(np.asarray(score, dtype=np.float64).ravel())
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _as_prob(prob: np.ndarray) -> np.ndarray:
+    """[N] or [N, 1] -> [N] positive-class probability; [N, 2] -> its column 1; [N, C>2] kept."""
+    p = np.asarray(prob, dtype=np.float64)
+    if p.ndim == 2 and p.shape[1] <= 2:
+        p = p[:, -1]
+    if p.ndim not in (1, 2):
+        raise ValueError(f"prob must be [N] or [N, C], got shape {p.shape}")
+    return p
+
+
+def auc(y_true: np.ndarray, prob: np.ndarray) -> float:
+    """Binary AUC, or one-vs-rest macro AUC over the classes that are computable for [N, C>2]."""
+    y = np.asarray(y_true).astype(int).ravel()
+    p = _as_prob(prob)
+    if p.ndim == 1:
+        return auc_binary(y == 1, p)
+    per_class = [auc_binary(y == c, p[:, c]) for c in range(p.shape[1])]
+    finite = [a for a in per_class if np.isfinite(a)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def binary_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """AUC, balanced accuracy and F1 for slide predictions.
+
+    y_true: int [N] class indices. prob: [N] positive-class probability (prediction is
+    prob >= threshold; F1 of class 1) or [N, C] class probabilities (C == 2 is treated as
+    binary on column 1; C > 2: argmax prediction, macro F1, one-vs-rest macro AUC).
+    """
+    y = np.asarray(y_true).astype(int).ravel()
+    p = _as_prob(prob)
+    if len(y) != len(p):
+        raise ValueError(f"y_true has {len(y)} rows, prob {len(p)}")
+    if len(y) == 0:
+        return {"auc": float("nan"), "balanced_accuracy": float("nan"), "f1": float("nan")}
+    if p.ndim == 1:
+        pred = (p >= threshold).astype(int)
+        f1_kw: dict = {"average": "binary", "pos_label": 1, "labels": [0, 1]}
+    else:
+        pred = p.argmax(axis=1)
+        f1_kw = {"average": "macro", "labels": list(range(p.shape[1]))}
+    with warnings.catch_warnings():
+        # One-class resamples warn about ill-defined scores; the values returned are what we want.
+        warnings.simplefilter("ignore")
+        bacc = float(balanced_accuracy_score(y, pred))
+        f1 = float(f1_score(y, pred, zero_division=0, **f1_kw))
+    return {"auc": auc(y, p), "balanced_accuracy": bacc, "f1": f1}
+
+
+def _metric_fn(metric: str | Metric, threshold: float = 0.5) -> Metric:
+    if callable(metric):
+        return metric
+    if metric == "auc":
+        return auc  # the fast path: no thresholded metrics computed per resample
+    if metric in ("balanced_accuracy", "f1"):
+        return lambda y, p: binary_metrics(y, p, threshold)[metric]
+    raise ValueError(f"unknown metric {metric!r}: use auc, balanced_accuracy, f1 or a callable")
+
+
+def bootstrap_ci(y_true: np.ndarray, prob: np.ndarray, metric: str | Metric, n: int = 1000,
+                 seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile bootstrap (1 - alpha) CI of `metric` over slides resampled with replacement.
+
+    metric: "auc", "balanced_accuracy", "f1" or a callable (y_true [N], prob [N] or [N, C]) -> float.
+    Resamples where the metric is undefined (nan, e.g. one class drawn) are dropped;
+    (nan, nan) when none is defined.
+    """
+    fn = _metric_fn(metric)
+    y = np.asarray(y_true).astype(int).ravel()
+    p = _as_prob(prob)
+    if len(y) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(y), size=(n, len(y)))
+    values = np.array([fn(y[i], p[i]) for i in idx], dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return float("nan"), float("nan")
+    lo, hi = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(lo), float(hi)

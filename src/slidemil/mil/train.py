@@ -1,0 +1,274 @@
+"""Training a MIL model on one fold, with model selection on the validation slides only.
+
+One bag (slide) per optimisation step, as in ABMIL/CLAM/TransMIL: bags differ in size by orders
+of magnitude, so batching would need padding and masks for no gain in the demo or on one GPU.
+The checkpoint kept is the epoch with the lowest validation loss (ties: the earliest); the test
+slides are never looked at before the final prediction, unlike papers that report the best
+test-set epoch.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from slidemil import __version__
+from slidemil.metrics import auc
+from slidemil.mil.models import MIL_MODELS, build_mil
+from slidemil.store import read_features
+
+log = logging.getLogger(__name__)
+
+TRAIN_DEFAULTS: dict[str, Any] = {"epochs": 40, "lr": 2e-4, "weight_decay": 1e-4}
+MODEL_DEFAULTS: dict[str, Any] = {"hidden": 128, "dropout": 0.25}
+
+
+@dataclass
+class MilResult:
+    """A trained model (best validation epoch loaded, eval mode, on CPU) and its predictions."""
+
+    model: nn.Module
+    config: dict[str, Any]
+    history: list[dict[str, float]]  # per epoch: epoch, train_loss, val_loss, val_auc
+    best_epoch: int  # 1-based; the weights in `model`
+    probs: dict[str, np.ndarray]  # slide_id -> class probabilities [C], every trained/evaluated slide
+    instance_scores: dict[str, np.ndarray]  # slide_id -> [N] attention or instance logits
+    device: str
+    skipped: list[str] = field(default_factory=list)  # slides with empty bags
+
+
+def resolve_device(device: str) -> torch.device:
+    """'cuda' when asked for and present, else CPU; logged so a silent CPU fallback is visible."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        dev = torch.device(device)
+        log.info("MIL training on %s (%s)", dev, torch.cuda.get_device_name(dev))
+    else:
+        if device.startswith("cuda"):
+            log.warning("device %r requested but CUDA is not available: training on CPU", device)
+        dev = torch.device("cpu")
+        log.info("MIL training on CPU with %d thread(s)", torch.get_num_threads())
+    return dev
+
+
+@contextmanager
+def deterministic(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch and switch on deterministic kernels, restoring the global setting afterwards."""
+    if device.type == "cuda":
+        # cuBLAS needs a fixed workspace for reproducible matmuls (set before the first cuBLAS call).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    was_on = torch.are_deterministic_algorithms_enabled()
+    was_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.manual_seed(seed)
+    # warn_only: an op without a deterministic kernel warns instead of killing the run.
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was_on, warn_only=was_warn)
+
+
+def split_params(model: str, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(training params with defaults, model constructor params with the defaults it accepts)."""
+    train = {**TRAIN_DEFAULTS, **{k: v for k, v in params.items() if k in TRAIN_DEFAULTS}}
+    explicit = {k: v for k, v in params.items() if k not in TRAIN_DEFAULTS}
+    accepted = set(inspect.signature(MIL_MODELS[model].__init__).parameters) if model in MIL_MODELS else set()
+    model_params = {**{k: v for k, v in MODEL_DEFAULTS.items() if k in accepted}, **explicit}
+    return train, model_params
+
+
+def _bag(x: np.ndarray, device: torch.device) -> torch.Tensor:
+    # Bags may be kept as float16 (as stored) to halve host memory; compute in float32.
+    return torch.from_numpy(np.ascontiguousarray(x)).to(device=device, dtype=torch.float32)
+
+
+def _evaluate(net: nn.Module, ids: list[str], bags: dict[str, np.ndarray], labels: dict[str, int],
+              device: torch.device) -> tuple[float, np.ndarray]:
+    """Mean cross-entropy and probabilities [len(ids), C] over `ids` (eval mode, no grad)."""
+    net.eval()
+    losses, probs = [], []
+    with torch.no_grad():
+        for sid in ids:
+            logits, _ = net(_bag(bags[sid], device))
+            y = torch.tensor([labels[sid]], device=device)
+            losses.append(F.cross_entropy(logits[None], y).item())
+            probs.append(torch.softmax(logits, dim=0).cpu().numpy())
+    return float(np.mean(losses)), np.stack(probs)
+
+
+def train_mil(bags: dict[str, np.ndarray], labels: dict[str, int], roles: dict[str, str], model: str,
+              n_classes: int, params: dict, seed: int, device: str = "cpu") -> MilResult:
+    """Train MIL model `model` on the 'train' bags, select the epoch on the 'val' bags.
+
+    bags: slide_id -> features [N, D] (float16/32); labels: slide_id -> class index in [0, C);
+    roles: slide_id -> 'train' | 'val' | 'test'. params: epochs, lr, weight_decay (AdamW) and
+    the model's own (hidden, dropout, ...). Empty bags are skipped with a warning.
+    Returns probabilities and instance scores for every non-empty slide with a role.
+    """
+    ids, skipped = [], []
+    for sid in sorted(roles):
+        if sid not in bags:
+            raise KeyError(f"slide {sid!r} has a role but no bag")
+        if bags[sid].shape[0] == 0:
+            log.warning("slide %s has no tiles (empty bag): skipped", sid)
+            skipped.append(sid)
+            continue
+        if roles[sid] not in ("train", "val", "test"):
+            raise ValueError(f"slide {sid!r}: role must be train/val/test, got {roles[sid]!r}")
+        if sid not in labels or not 0 <= labels[sid] < n_classes:
+            raise ValueError(f"slide {sid!r}: label {labels.get(sid)!r} is not a class index < {n_classes}")
+        ids.append(sid)
+    train_ids = [s for s in ids if roles[s] == "train"]
+    val_ids = [s for s in ids if roles[s] == "val"]
+    if not train_ids:
+        raise ValueError("no non-empty training bags")
+    if not val_ids:
+        log.warning("no validation slides: the last epoch is kept (no model selection)")
+    dims = {bags[s].shape[1] for s in ids}
+    if len(dims) != 1:
+        raise ValueError(f"bags have different feature dimensions {sorted(dims)}")
+    in_dim = dims.pop()
+
+    train_p, model_p = split_params(model, params)
+    dev = resolve_device(device)
+    history: list[dict[str, float]] = []
+    with deterministic(seed, dev):
+        net = build_mil(model, in_dim, n_classes, **model_p).to(dev)
+        opt = torch.optim.AdamW(net.parameters(), lr=float(train_p["lr"]),
+                                weight_decay=float(train_p["weight_decay"]))
+        rng = np.random.default_rng(seed)
+        best_loss, best_epoch = float("inf"), 0
+        best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        bar = tqdm(range(1, int(train_p["epochs"]) + 1), desc=f"mil {model}", file=sys.stderr,
+                   mininterval=2.0, leave=False)
+        for epoch in bar:
+            net.train()
+            losses = []
+            for i in rng.permutation(len(train_ids)):
+                sid = train_ids[i]
+                logits, _ = net(_bag(bags[sid], dev))
+                loss = F.cross_entropy(logits[None], torch.tensor([labels[sid]], device=dev))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+            row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": float("nan"),
+                   "val_auc": float("nan")}
+            if val_ids:
+                row["val_loss"], val_prob = _evaluate(net, val_ids, bags, labels, dev)
+                row["val_auc"] = auc(np.array([labels[s] for s in val_ids]), val_prob)
+            history.append(row)
+            bar.set_postfix(train=f"{row['train_loss']:.3f}", val=f"{row['val_loss']:.3f}")
+            # Strict '<' keeps the earliest of tied epochs; without val slides the last epoch wins.
+            if not val_ids or row["val_loss"] < best_loss:
+                best_loss, best_epoch = row["val_loss"], epoch
+                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        bar.close()
+
+        net.load_state_dict(best_state)
+        net.eval()
+        probs, scores = {}, {}
+        with torch.no_grad():
+            for sid in ids:
+                logits, inst = net(_bag(bags[sid], dev))
+                probs[sid] = torch.softmax(logits, dim=0).cpu().numpy().astype(np.float64)
+                scores[sid] = inst.cpu().numpy().astype(np.float32)
+    log.info("%s: best validation epoch %d of %d (val loss %.4f)", model, best_epoch,
+             len(history), best_loss)
+    config = {"model": model, "in_dim": int(in_dim), "n_classes": int(n_classes),
+              "model_params": model_p, "train_params": train_p, "seed": int(seed),
+              "best_epoch": int(best_epoch), "device": str(dev), "slidemil_version": __version__,
+              "n_train": len(train_ids), "n_val": len(val_ids),
+              "n_test": sum(roles[s] == "test" for s in ids), "skipped": skipped}
+    return MilResult(net.cpu(), config, history, best_epoch, probs, scores, str(dev), skipped)
+
+
+def _replace(tmp: Path, final: Path) -> None:
+    os.replace(tmp, final)
+
+
+def run_fold(features_dir: str | Path, fold_table_csv: str | Path, samples_tsv: str | Path, fold: int,
+             model: str, params: dict, out_dir: str | Path, seed: int, classes: list[str], *,
+             device: str = "cpu", threads: int | None = None) -> None:
+    """Train `model` on fold `fold` and write its outputs to `out_dir`.
+
+    Reads `<features_dir>/<slide_id>.zarr` for the fold's slides (empty stores skipped with a
+    warning), labels from samples_tsv (column `label`, class names in `classes`; index = class
+    id), roles from the long fold table (slide_id, fold, role). Writes, each via a temp name:
+    model.pt (state_dict + config), predictions.csv (slide_id, label, role, prob_<class>..., pred),
+    attention.npz (test slide_id -> instance scores [N]), history.csv (epoch, train_loss,
+    val_loss, val_auc).
+    """
+    if threads:
+        torch.set_num_threads(int(threads))
+    features_dir, out_dir = Path(features_dir), Path(out_dir)
+    table = pd.read_csv(fold_table_csv, dtype={"slide_id": str, "role": str})
+    table = table[table["fold"].astype(int) == int(fold)]
+    if table.empty:
+        raise ValueError(f"fold {fold} not found in {fold_table_csv}")
+    samples = pd.read_csv(samples_tsv, sep="\t", dtype=str).set_index("slide_id")
+    missing = sorted(set(table["slide_id"]) - set(samples.index))
+    if missing:
+        raise ValueError(f"slides in the fold table but not in {samples_tsv}: {missing[:10]}")
+    class_index = {c: i for i, c in enumerate(classes)}
+
+    bags: dict[str, np.ndarray] = {}
+    labels: dict[str, int] = {}
+    roles: dict[str, str] = {}
+    for sid, role in zip(table["slide_id"], table["role"]):
+        label = str(samples.at[sid, "label"])
+        if label not in class_index:
+            raise ValueError(f"slide {sid}: label {label!r} is not one of the classes {classes}")
+        feats = read_features(features_dir / f"{sid}.zarr")
+        if feats.features.shape[0] == 0:
+            log.warning("slide %s has no tiles (empty feature store): skipped", sid)
+            continue
+        bags[sid] = feats.features.astype(np.float16)  # as stored; halves memory vs float32
+        labels[sid], roles[sid] = class_index[label], role
+
+    result = train_mil(bags, labels, roles, model, len(classes), params, seed, device)
+    skipped = sorted(set(table["slide_id"]) - set(bags)) + result.skipped
+    config = {**result.config, "classes": list(classes), "fold": int(fold), "skipped": skipped,
+              "params": dict(params)}
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pid = os.getpid()
+    rows = []
+    for sid in sorted(result.probs):
+        p = result.probs[sid]
+        rows.append({"slide_id": sid, "label": classes[labels[sid]], "role": roles[sid],
+                     **{f"prob_{c}": float(p[i]) for i, c in enumerate(classes)},
+                     "pred": classes[int(np.argmax(p))]})
+    outputs = {
+        "predictions.csv": lambda t: pd.DataFrame(rows).to_csv(t, index=False),
+        "history.csv": lambda t: pd.DataFrame(
+            result.history, columns=["epoch", "train_loss", "val_loss", "val_auc"]).to_csv(t, index=False),
+        "model.pt": lambda t: torch.save({"state_dict": result.model.state_dict(), "config": config}, t),
+    }
+    test_scores = {s: result.instance_scores[s] for s in sorted(result.probs) if roles[s] == "test"}
+
+    def write_npz(t: Path) -> None:
+        with open(t, "wb") as fh:  # a file handle stops numpy appending '.npz' to the temp name
+            np.savez(fh, **test_scores)
+
+    outputs["attention.npz"] = write_npz
+    temps = []
+    for name, write in outputs.items():
+        tmp = out_dir / f".{name}.tmp-{pid}"
+        write(tmp)
+        temps.append((tmp, out_dir / name))
+    for tmp, final in temps:
+        _replace(tmp, final)
+    log.info("fold %d %s: wrote %s (%d slides, %d skipped)", fold, model, out_dir, len(rows), len(skipped))

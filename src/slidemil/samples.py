@@ -1,0 +1,75 @@
+"""Sample sheet loading and the checks a JSON schema cannot express (files, duplicates, leakage)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+REQUIRED = ("slide_id", "path", "label", "patient_id")
+SPLITS = ("train", "val", "test")
+
+
+class SampleSheetError(ValueError):
+    """The sample sheet is unusable; each line of the message names a row and the fix."""
+
+
+def read_sheet(path: str | Path) -> pd.DataFrame:
+    """Read a TSV sample sheet as strings (except `mpp`), blank cells as missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise SampleSheetError(f"{path}: sample sheet not found; set `samples` in the config")
+    df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_values=[""], comment="#")
+    df.columns = [c.strip() for c in df.columns]
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise SampleSheetError(f"{path}: missing column(s) {', '.join(missing)}; "
+                               f"a sample sheet needs {', '.join(REQUIRED)} (tab-separated)")
+    if "mpp" in df.columns:
+        df["mpp"] = pd.to_numeric(df["mpp"], errors="coerce")
+    return df
+
+
+def check_sheet(df: pd.DataFrame, classes: Iterable[str], sheet: str | Path = "samples.tsv",
+                will_exist: Iterable[str] = ()) -> None:
+    """Raise `SampleSheetError` listing every problem, one line per row ('row N' = TSV line N)."""
+    classes, will_exist = list(classes), set(map(str, will_exist))
+    errors: list[str] = []
+
+    def row(i: int) -> str:
+        return f"{sheet} line {i + 2}"  # +1 header, +1 one-based
+
+    for i, r in df.iterrows():
+        for col in REQUIRED:
+            if pd.isna(r[col]) or not str(r[col]).strip():
+                errors.append(f"{row(i)}: empty {col}; fill it in")
+        if not pd.isna(r["label"]) and r["label"] not in classes:
+            errors.append(f"{row(i)} ({r['slide_id']}): unknown label {r['label']!r}; "
+                          f"use one of {classes} or add it to config `classes`")
+        if not pd.isna(r["path"]) and r["path"] not in will_exist and not Path(r["path"]).is_file():
+            errors.append(f"{row(i)} ({r['slide_id']}): slide file {r['path']} not found; "
+                          "fix the path (relative to the working directory) or remove the row")
+        if "split" in df.columns and not pd.isna(r["split"]) and r["split"] not in SPLITS:
+            errors.append(f"{row(i)} ({r['slide_id']}): split {r['split']!r} is not one of {list(SPLITS)}")
+        if "mpp" in df.columns and not pd.isna(r["mpp"]) and not r["mpp"] > 0:
+            errors.append(f"{row(i)} ({r['slide_id']}): mpp must be a positive number (microns per pixel)")
+    for sid, idx in df.groupby("slide_id").groups.items():
+        if len(idx) > 1:
+            lines = ", ".join(str(i + 2) for i in idx)
+            errors.append(f"{sheet} lines {lines}: duplicate slide_id {sid!r}; slide ids must be unique")
+    if "split" in df.columns:
+        for pid, grp in df.dropna(subset=["split"]).groupby("patient_id"):
+            if grp["split"].nunique() > 1:
+                lines = ", ".join(str(i + 2) for i in grp.index)
+                errors.append(f"{sheet} lines {lines}: patient {pid!r} is in splits "
+                              f"{sorted(grp['split'].unique())}; a patient must stay in one split")
+    if errors:
+        raise SampleSheetError("\n".join(errors))
+
+
+def load_samples(path: str | Path, classes: Iterable[str], will_exist: Iterable[str] = ()) -> pd.DataFrame:
+    """Read and check a sample sheet; returns it indexed by slide_id."""
+    df = read_sheet(path)
+    check_sheet(df, classes, path, will_exist)
+    return df.set_index("slide_id", drop=False)

@@ -1,0 +1,90 @@
+# Sample sheet, config validation and input helpers shared by every rule file.
+import hashlib
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
+
+SRC = Path(workflow.basedir) / "src"
+sys.path.insert(0, str(SRC))  # the sheet checks below are slidemil's own (src/slidemil/samples.py)
+from slidemil.samples import check_sheet, read_sheet  # noqa: E402
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+DEMO_SLIDES = "results/demo/slides/{slide}.tiff"
+SAMPLES = read_sheet(config["samples"])
+validate(SAMPLES, schema="../schemas/samples.schema.yaml")
+# demo slides are made by rule demo_slide, so their paths need not exist yet
+_generated = {DEMO_SLIDES.format(slide=s) for s in SAMPLES["slide_id"]} if config["demo"]["enabled"] else set()
+check_sheet(SAMPLES, config["classes"], config["samples"], will_exist=_generated)
+SAMPLES = SAMPLES.set_index("slide_id", drop=False)
+SLIDES = list(SAMPLES.index)
+ENCODERS = {e["name"]: e for e in config["encoders"]}
+N_FOLDS = 1 if config["evaluate"]["use_official_split"] else config["evaluate"]["n_folds"]
+
+
+wildcard_constraints:
+    slide="|".join(map(str, SLIDES)) or "NONE",
+    encoder="|".join(ENCODERS),
+    model="[A-Za-z0-9_]+",
+    fold=r"\d+",
+
+
+def _python() -> str:
+    """The interpreter for rule commands: the env's under --sdm conda, else Snakemake's own."""
+    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+        return "python"
+    return shlex.quote(sys.executable)
+
+
+# src/ first on PYTHONPATH: rules run this checkout's code, which `code_version` hashes
+SLIDEMIL = f"PYTHONPATH={shlex.quote(str(SRC))}${{PYTHONPATH:+:$PYTHONPATH}} {_python()} -m slidemil"
+
+
+def as_arg(obj) -> str:
+    """A config block as one shell-quoted JSON argument; as a param it also triggers reruns."""
+    return shlex.quote(json.dumps(obj, sort_keys=True))
+
+
+def code_version(*modules: str) -> str:
+    """Hash of the package modules a stage runs: Snakemake does not see imported code changing."""
+    h = hashlib.sha256()
+    for m in modules:
+        h.update((SRC / "slidemil" / m).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def slide_path(wildcards) -> str:
+    return SAMPLES.loc[wildcards.slide, "path"]
+
+
+def mpp_arg(wildcards) -> str:
+    """`--mpp X` when the sheet gives one (used only if the slide metadata lacks mpp)."""
+    if "mpp" in SAMPLES.columns and SAMPLES.loc[wildcards.slide, "mpp"] == SAMPLES.loc[wildcards.slide, "mpp"]:
+        return f"--mpp {float(SAMPLES.loc[wildcards.slide, 'mpp'])}"
+    return ""
+
+
+def demo_positive(wildcards) -> int:
+    return int(SAMPLES.loc[wildcards.slide, "label"] != config["classes"][0])
+
+
+def encoder_arg(wildcards) -> str:
+    return as_arg(ENCODERS[wildcards.encoder])
+
+
+def slide_features(wildcards) -> list[str]:
+    return expand("results/features/{encoder}/{slide}.zarr", encoder=wildcards.encoder, slide=SLIDES)
+
+
+def all_predictions() -> list[str]:
+    return expand("results/mil/{encoder}/{model}/fold{fold}/predictions.csv", encoder=ENCODERS,
+                  model=config["mil"]["models"], fold=range(N_FOLDS))
+
+
+def all_outputs() -> list[str]:
+    return ["results/benchmark.csv", "results/qc/cohort.tsv",
+            *expand("results/graphs/{slide}.npz", slide=SLIDES)]

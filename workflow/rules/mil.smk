@@ -1,0 +1,50 @@
+# Fold assignment and MIL training per encoder x model x fold (GPU when allocated, else CPU).
+
+
+rule folds:
+    input:
+        samples=config["samples"],
+    output:
+        "results/folds.csv",
+    params:
+        cfg=as_arg(config["evaluate"]),
+        seed=config["seed"],
+        code=code_version("folds.py"),
+    log:
+        "logs/folds/folds.log",
+    conda:
+        "../../envs/slide-io.yaml"
+    shell:
+        "{SLIDEMIL} folds --samples {input.samples} --params {params.cfg} --seed {params.seed} --out {output} 2> {log}"
+
+
+rule mil:
+    input:
+        features=slide_features,
+        folds="results/folds.csv",
+        samples=config["samples"],
+    output:
+        predictions="results/mil/{encoder}/{model}/fold{fold}/predictions.csv",
+        model="results/mil/{encoder}/{model}/fold{fold}/model.pt",
+        attention="results/mil/{encoder}/{model}/fold{fold}/attention.npz",
+        history="results/mil/{encoder}/{model}/fold{fold}/history.csv",
+    params:
+        cfg=as_arg(config["mil"]),
+        classes=as_arg(config["classes"]),
+        seed=config["seed"],
+        features_dir="results/features/{encoder}",
+        out_dir="results/mil/{encoder}/{model}/fold{fold}",
+        code=code_version("mil/models.py", "mil/train.py", "store.py"),
+    log:
+        "logs/mil/{encoder}/{model}/fold{fold}.log",
+    benchmark:
+        "results/benchmarks/mil/{encoder}/{model}/fold{fold}.tsv"
+    threads: 1
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../../envs/torch.yaml"
+    shell:
+        "{SLIDEMIL} mil --features-dir {params.features_dir} --folds {input.folds} --samples {input.samples} --fold {wildcards.fold} --model {wildcards.model} --params {params.cfg} --classes {params.classes} --seed {params.seed} --threads {threads} --out-dir {params.out_dir} 2> {log}"

@@ -1,0 +1,85 @@
+# Per-slide preprocessing: tissue mask, tiles on the global grid, neighbour graph, cohort QC.
+
+
+rule mask:
+    input:
+        slide=slide_path,
+    output:
+        mask="results/masks/{slide}.png",
+        meta="results/masks/{slide}.json",
+        qc="results/qc/mask/{slide}.png",
+    params:
+        cfg=as_arg(config["mask"]),
+        mpp=mpp_arg,
+        code=code_version("tissue.py", "slide.py"),
+    log:
+        "logs/mask/{slide}.log",
+    benchmark:
+        "results/benchmarks/mask/{slide}.tsv"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/slide-io.yaml"
+    shell:
+        "{SLIDEMIL} mask --slide {input.slide} --slide-id {wildcards.slide} {params.mpp} --params {params.cfg} --out {output.mask} --qc {output.qc} 2> {log}"
+
+
+rule tile:
+    input:
+        slide=slide_path,
+        mask="results/masks/{slide}.png",
+        meta="results/masks/{slide}.json",
+        mask_qc="results/qc/mask/{slide}.png",
+    output:
+        tiles=directory("results/tiles/{slide}.zarr"),
+        qc="results/qc/tiles/{slide}.png",
+    params:
+        cfg=as_arg(config["tile"]),
+        mpp=mpp_arg,
+        code=code_version("tiling.py", "slide.py", "store.py"),
+    log:
+        "logs/tile/{slide}.log",
+    benchmark:
+        "results/benchmarks/tile/{slide}.tsv"
+    resources:
+        mem_mb=1500,
+        runtime=30,
+    conda:
+        "../../envs/slide-io.yaml"
+    shell:
+        "{SLIDEMIL} tile --slide {input.slide} --slide-id {wildcards.slide} {params.mpp} --params {params.cfg} --mask {input.mask} --mask-qc {input.mask_qc} --out {output.tiles} --qc {output.qc} 2> {log}"
+
+
+rule graph:
+    input:
+        tiles="results/tiles/{slide}.zarr",
+    output:
+        "results/graphs/{slide}.npz",
+    params:
+        radius=config["graph"]["radius"],
+        code=code_version("graph.py"),
+    log:
+        "logs/graph/{slide}.log",
+    benchmark:
+        "results/benchmarks/graph/{slide}.tsv"
+    conda:
+        "../../envs/slide-io.yaml"
+    shell:
+        "{SLIDEMIL} graph --tiles {input.tiles} --radius {params.radius} --out {output} 2> {log}"
+
+
+rule qc_cohort:
+    input:
+        tiles=expand("results/tiles/{slide}.zarr", slide=SLIDES),
+        masks=expand("results/masks/{slide}.json", slide=SLIDES),
+    output:
+        "results/qc/cohort.tsv",
+    params:
+        code=code_version("qc.py"),
+    log:
+        "logs/qc_cohort/cohort.log",
+    conda:
+        "../../envs/slide-io.yaml"
+    shell:
+        "{SLIDEMIL} qc --tiles {input.tiles} --masks {input.masks} --out {output} 2> {log}"
