@@ -1,0 +1,41 @@
+import pytest
+
+from slidemil.samples import SampleSheetError, load_samples
+
+CLASSES = ["normal", "tumour"]
+
+
+def _sheet(tmp_path, rows, header="slide_id\tpath\tlabel\tpatient_id"):
+    for name in ("a.svs", "b.svs", "c.svs"):
+        (tmp_path / name).write_bytes(b"x")
+    p = tmp_path / "samples.tsv"
+    p.write_text(header + "\n" + "\n".join(rows) + "\n")
+    return p
+
+
+def test_good_sheet_loads(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    df = load_samples(_sheet(tmp_path, ["s1\ta.svs\tnormal\tP1", "s2\tb.svs\ttumour\tP2"]), CLASSES)
+    assert list(df.index) == ["s1", "s2"]
+
+
+@pytest.mark.parametrize("rows,header,match", [
+    (["s1\tmissing.svs\tnormal\tP1"], None, r"line 2 \(s1\): slide file missing.svs not found"),
+    (["s1\ta.svs\tnormal\tP1", "s1\tb.svs\ttumour\tP2"], None, r"lines 2, 3: duplicate slide_id 's1'"),
+    (["s1\ta.svs\tcancer\tP1"], None, r"line 2 \(s1\): unknown label 'cancer'"),
+    (["s1\ta.svs\tnormal\tP1\ttrain", "s2\tb.svs\tnormal\tP1\ttest"], "slide_id\tpath\tlabel\tpatient_id\tsplit",
+     r"lines 2, 3: patient 'P1' is in splits \['test', 'train'\]"),
+    (["s1\ta.svs\tnormal\tP1\t-1"], "slide_id\tpath\tlabel\tpatient_id\tmpp", r"line 2 \(s1\): mpp must be a positive"),
+    (["s1\ta.svs\tnormal"], "slide_id\tpath\tlabel", r"missing column\(s\) patient_id"),
+])
+def test_each_problem_is_one_line_naming_the_row(tmp_path, monkeypatch, rows, header, match):
+    monkeypatch.chdir(tmp_path)
+    kwargs = {"header": header} if header else {}
+    with pytest.raises(SampleSheetError, match=match):
+        load_samples(_sheet(tmp_path, rows, **kwargs), CLASSES)
+
+
+def test_generated_demo_paths_need_not_exist(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    p = _sheet(tmp_path, ["d1\tresults/demo/slides/d1.tiff\tnormal\tP1"])
+    assert len(load_samples(p, CLASSES, will_exist={"results/demo/slides/d1.tiff"})) == 1
