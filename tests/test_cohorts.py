@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from slidemil.cohorts import (
+    CAMELYON16_CLASSES,
+    TCGA_COHORTS,
     CohortError,
     build_camelyon16,
     build_tcga,
@@ -60,7 +62,8 @@ def camelyon16(tmp_path: Path) -> Path:
     touch(root / "training/tumor/tumor_001_mask.tif")  # not a slide: ignored
     for name in ("test_001", "test_002"):
         touch(root / "testing/images" / f"{name}.tif")
-    (root / "testing/reference.csv").write_text("test_001,Tumor,Macro,Metastases\ntest_002,Normal\ntest_003,Normal\n")
+    reference = "test_001,Tumor,Macro,Metastases\ntest_002,Normal\ntest_003,Normal\n"  # as the official file
+    (root / "testing/reference.csv").write_text(reference)
     ann = root / "training/lesion_annotations"
     ann.mkdir(parents=True)
     (ann / "tumor_001.xml").write_text(ASAP_XML)
@@ -208,10 +211,11 @@ def test_tcga_nsclc_sheet(nsclc: dict[str, Path], tmp_path: Path) -> None:
         (f"TCGA-18-3406-01Z-00-DX1.{UUIDS[2]}", "LUSC", "TCGA-18-3406"),
         (f"TCGA-18-3406-01Z-00-DX2.{UUIDS[3]}", "LUSC", "TCGA-18-3406"),
     ]
-    assert all(Path(r["path"]).is_file() and Path(r["path"]).parent.parent == nsclc["slides"].resolve() for r in rows)
+    assert all(Path(r["path"]).parent.parent == nsclc["slides"].resolve() for r in rows)  # <id>/<filename>
 
     # frozen sections on request; the normal-tissue slide is still left out
-    rows = build_tcga([(nsclc["manifest"], None)], nsclc["slides"], ["LUAD", "LUSC"], nsclc["clinical"], include_frozen=True)
+    rows = build_tcga([(nsclc["manifest"], None)], nsclc["slides"], ["LUAD", "LUSC"], nsclc["clinical"],
+                      include_frozen=True)
     assert sorted(r.slide_id[:23] for r in rows) == [
         "TCGA-05-4244-01A-01-TS1",
         "TCGA-05-4244-01Z-00-DX1",
@@ -230,7 +234,8 @@ def test_tcga_rcc_flat_layout_and_manifest_projects(tmp_path: Path) -> None:
         touch(slides / name)
         manifests.append(f"{tmp_path / project}.txt=TCGA-{project}")
     out = tmp_path / "rcc.tsv"
-    argv = ["tcga_rcc", *sum((["--manifest", m] for m in manifests), []), "--slides", str(slides), "--out", str(out)]
+    argv = ["tcga_rcc", *sum((["--manifest", m] for m in manifests), [])]
+    argv += ["--slides", str(slides), "--out", str(out)]
     assert main(argv) == 0
     assert {(r["patient_id"], r["label"]) for r in read_sheet(out)} == {
         ("TCGA-A3-3307", "KIRC"),
@@ -259,7 +264,8 @@ def test_tcga_missing_slide_warns_or_fails(nsclc: dict[str, Path], caplog: pytes
     assert len(rows) == 2
     assert "dropped 1 slide(s)" in caplog.text
     with pytest.raises(CohortError, match="DX2.*absent on disk"):
-        build_tcga([(nsclc["manifest"], None)], nsclc["slides"], ["LUAD", "LUSC"], nsclc["clinical"], strict=True)
+        build_tcga([(nsclc["manifest"], None)], nsclc["slides"], ["LUAD", "LUSC"], nsclc["clinical"],
+                   strict=True)
 
 
 def test_tcga_errors(nsclc: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -294,7 +300,42 @@ def test_tcga_errors(nsclc: dict[str, Path], tmp_path: Path, capsys: pytest.Capt
     with pytest.raises(CohortError, match="give --clinical or --manifest"):
         build_tcga([(m, None)], s, ["LUAD", "LUSC"])
     # the command line prints one line and exits 2
-    assert main(["tcga_nsclc", "--manifest", str(bad), "--slides", str(s), "--clinical", str(c), "--out", str(tmp_path / "o.tsv")]) == 2
+    argv = ["tcga_nsclc", "--manifest", str(bad), "--slides", str(s), "--clinical", str(c)]
+    assert main([*argv, "--out", str(tmp_path / "o.tsv")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "bad_manifest.txt" in err[0]
     assert not (tmp_path / "o.tsv").exists()
+
+
+# ----------------------------------------------------------------------------- cohort configs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """Snakemake's --configfile merge: nested dicts merge, everything else (lists too) replaces."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+@pytest.mark.parametrize("cohort", ["camelyon16", "tcga_nsclc", "tcga_rcc"])
+def test_cohort_config(cohort: str) -> None:
+    """Each cohort config, merged over config/config.yaml, passes the config schema, and its
+    header's builder command writes the sheet that `samples` names."""
+    yaml = pytest.importorskip("yaml")
+    jsonschema = pytest.importorskip("jsonschema")
+    path = ROOT / "config/cohorts" / f"{cohort}.yaml"
+    text = path.read_text()
+    cfg = yaml.safe_load(text)
+    base, schema = ROOT / "config/config.yaml", ROOT / "workflow/schemas/config.schema.yaml"
+    if base.exists() and schema.exists():
+        jsonschema.validate(_merge(yaml.safe_load(base.read_text()), cfg), yaml.safe_load(schema.read_text()))
+    assert cfg["demo"]["enabled"] is False
+    assert cfg["tile"]["target_mpp"] == 0.5
+    assert cfg["evaluate"]["use_official_split"] is (cohort == "camelyon16")
+    assert f"python -m slidemil.cohorts {cohort} " in text
+    assert f"--out {cfg['samples']}" in text
+    expected = {"camelyon16": CAMELYON16_CLASSES, **TCGA_COHORTS}[cohort]
+    assert cfg["classes"] == list(expected)  # the labels the builder writes

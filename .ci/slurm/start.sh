@@ -61,15 +61,19 @@ if ((${#missing[@]})); then
   made_policy=0
   if [[ ! -e /usr/sbin/policy-rc.d ]]; then
     printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && made_policy=1
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   fi
   export DEBIAN_FRONTEND=noninteractive
-  apt_install() { apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$STATE.apt.log" 2>&1; }
   mkdir -p "$(dirname "$STATE")"
+  apt_install() { apt-get install -y -qq --no-install-recommends "${missing[@]}" >>"$STATE.apt.log" 2>&1; }
   if ! apt_install; then
     apt-get update -qq >>"$STATE.apt.log" 2>&1 || true
-    apt_install || { ((made_policy)) && rm -f /usr/sbin/policy-rc.d; die "apt-get install failed, see $STATE.apt.log"; }
+    apt_install || die "apt-get install ${missing[*]} failed, see $STATE.apt.log"
   fi
-  ((made_policy)) && rm -f /usr/sbin/policy-rc.d
+  if ((made_policy)); then
+    rm -f /usr/sbin/policy-rc.d
+    trap - EXIT
+  fi
   log "installed"
 else
   log "packages already installed"
@@ -84,13 +88,19 @@ CPUS=$(nproc)
 REALMEM=$(slurmd -C 2>/dev/null | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' | head -1)
 [[ -n $REALMEM ]] || die "could not read RealMemory from 'slurmd -C'"
 
-# write_if_changed DEST [MODE] < content: replace DEST only if the content changed (keeps mtimes stable across idempotent runs).
+# write_if_changed DEST [MODE] < content: replace DEST only if the content changed
+# (keeps mtimes stable across idempotent runs).
 write_if_changed() {
   local dest=$1 tmp
   tmp=$(mktemp "$dest.XXXX")
   cat >"$tmp"
   chmod "${2:-644}" "$tmp"
-  if [[ -f $dest ]] && cmp -s "$tmp" "$dest"; then rm -f "$tmp"; chmod "${2:-644}" "$dest"; else mv "$tmp" "$dest"; fi
+  if [[ -f $dest ]] && cmp -s "$tmp" "$dest"; then
+    rm -f "$tmp"
+    chmod "${2:-644}" "$dest"
+  else
+    mv "$tmp" "$dest"
+  fi
 }
 
 write_if_changed "$STATE/slurm.conf" <<EOF
@@ -162,7 +172,9 @@ munge_ok() { munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; }
 if munge_ok; then
   log "munge already running"
 else
-  [[ -s /etc/munge/munge.key ]] || { mungekey -c -k /etc/munge/munge.key && chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key; }
+  if [[ ! -s /etc/munge/munge.key ]]; then
+    mungekey -c -k /etc/munge/munge.key && chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
+  fi
   mkdir -p /run/munge && chown munge:munge /run/munge && chmod 755 /run/munge
   touch "$STATE/log/munged.log" && chown munge:munge "$STATE/log/munged.log"
   runuser -u munge -- munged --log-file="$STATE/log/munged.log" --pid-file=/run/munge/munged.pid ||
@@ -183,12 +195,21 @@ else
       >"$STATE/log/mysql-install.log" 2>&1 || die "mariadb-install-db failed, see $STATE/log/mysql-install.log"
   fi
   touch "$STATE/log/mysqld.log" && chown mysql:mysql "$STATE/log/mysqld.log"
+  start_s=$SECONDS
   # mysqld_safe stays in the foreground; detach it. Its pid file is mysqld's own.
   setsid mysqld_safe --no-defaults --user=mysql --datadir="$STATE/mysql" \
     --socket="$STATE/mysqlrun/mysqld.sock" --pid-file="$STATE/mysqlrun/mysqld.pid" \
     --port="$DB_PORT" --bind-address=127.0.0.1 --log-error="$STATE/log/mysqld.log" \
     --innodb-buffer-pool-size=64M >/dev/null 2>&1 </dev/null &
-  wait_for 60 mysql_cmd -e 'select 1' || die "mariadb does not answer, see $STATE/log/mysqld.log"
+  safe_pid=$!
+  # Ready when it answers; give up early if mysqld_safe has exited (e.g. port $DB_PORT taken).
+  mysql_up() { mysql_cmd -e 'select 1' || { kill -0 "$safe_pid" 2>/dev/null || exit_early=1; return 1; }; }
+  exit_early=0
+  until mysql_up >/dev/null 2>&1; do
+    ((exit_early == 0)) || die "mariadb exited at startup (port $DB_PORT in use?), see $STATE/log/mysqld.log"
+    ((SECONDS < 60 + start_s)) || die "mariadb does not answer after 60s, see $STATE/log/mysqld.log"
+    sleep 0.5
+  done
   log "mariadb started"
 fi
 mysql_cmd <<'EOF' || die "could not create the accounting database/user in mariadb"
@@ -248,7 +269,8 @@ node_idle() {
   esac
 }
 wait_for "$TIMEOUT" node_idle ||
-  die "node localhost not idle after ${TIMEOUT}s (sinfo: $(sinfo -h -N -o '%T reason=%E' 2>&1 | head -1)), see $STATE/log/slurmd.log"
+  die "node localhost not idle after ${TIMEOUT}s (sinfo: $(sinfo -h -N -o '%T reason=%E' 2>&1 | head -1))," \
+    "see $STATE/log/slurmd.log"
 log "node localhost: $(sinfo -h -N -n localhost -o '%T cpus=%c mem=%m gres=%G')"
 
 jobid=$(sbatch --parsable --job-name=slurm-start-check -o /dev/null -e /dev/null --wrap true 2>&1) ||
@@ -256,9 +278,10 @@ jobid=$(sbatch --parsable --job-name=slurm-start-check -o /dev/null -e /dev/null
 jobid=${jobid%%;*}
 job_completed() { [[ $(sacct -n -X -P -j "$jobid" -o State 2>/dev/null | head -1) == COMPLETED ]]; }
 wait_for "$TIMEOUT" job_completed ||
-  die "test job $jobid not COMPLETED in sacct after ${TIMEOUT}s (sacct: $(sacct -n -X -P -j "$jobid" -o State 2>&1 | head -1); squeue: $(squeue -h -j "$jobid" -o '%T %r' 2>&1))"
+  die "test job $jobid not COMPLETED in sacct after ${TIMEOUT}s" \
+    "(sacct: $(sacct -n -X -P -j "$jobid" -o State 2>&1 | head -1); squeue: $(squeue -h -j "$jobid" -o '%T %r' 2>&1))"
 log "test job $jobid COMPLETED (sacct)"
 
 log "SLURM is up in $(($(date +%s) - t0))s; cluster=$CLUSTER account=$ACCOUNT partition=debug"
 log "config: $STATE/slurm.conf (source $STATE/env.sh for SLURM_CONF); logs: $STATE/log/"
-log "stop with: .ci/slurm/stop.sh"
+if [[ $STATE == /tmp/slidemil-slurm ]]; then log "stop with: .ci/slurm/stop.sh"; else log "stop with: SLURM_STATE_DIR=$STATE .ci/slurm/stop.sh"; fi

@@ -52,8 +52,12 @@ if [[ -e $STATE/run/munged.pid ]]; then
   rm -f /run/munge/munged.pid
 fi
 
+# A stopped SLURM leaves no config in /etc (clients would retry a dead slurmctld for ~10 s).
+if [[ $(readlink /etc/slurm/slurm.conf 2>/dev/null) == "$STATE/slurm.conf" ]]; then
+  rm -f /etc/slurm/slurm.conf
+  echo "[slurm-stop] removed the /etc/slurm/slurm.conf link"
+fi
 if ((purge)); then
-  [[ $(readlink /etc/slurm/slurm.conf 2>/dev/null) == "$STATE/slurm.conf" ]] && rm -f /etc/slurm/slurm.conf
   rm -rf "$STATE" "$STATE.apt.log"
   echo "[slurm-stop] removed $STATE"
 fi

@@ -132,7 +132,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
         parts = Path(pred).parts
         runs.append({"encoder": parts[-4], "model": parts[-3], "fold": int(parts[-2].removeprefix("fold")),
                      "predictions_csv": pred})
-    write_benchmark(runs, json.loads(a.classes), a.out, a.plot, n_bootstrap=a.bootstrap, seed=a.seed)
+    write_benchmark(runs, json.loads(a.classes), a.out, a.plot, n_boot=a.bootstrap, seed=a.seed)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -70,7 +70,8 @@ def write_sheet(rows: Iterable[SampleRow], out: str | os.PathLike) -> Path:
         if r.slide_id in seen:
             raise CohortError(f"duplicate slide_id {r.slide_id!r}: {seen[r.slide_id].path} and {r.path}")
         seen[r.slide_id] = r
-    columns = list(REQUIRED_COLUMNS) + [c for c in OPTIONAL_COLUMNS if any(getattr(r, c) is not None for r in rows)]
+    optional = [c for c in OPTIONAL_COLUMNS if any(getattr(r, c) is not None for r in rows)]
+    columns = list(REQUIRED_COLUMNS) + optional
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
@@ -109,7 +110,8 @@ def _read_table(path: Path, required: Sequence[Sequence[str]]) -> tuple[list[dic
     for aliases in required:
         name = next((a for a in aliases if a in header), None)
         if name is None:
-            raise CohortError(f"{path}: missing column {' or '.join(map(repr, aliases))} (header: {', '.join(header)})")
+            names = " or ".join(map(repr, aliases))
+            raise CohortError(f"{path}: missing column {names} (header: {', '.join(header)})")
         chosen.append(name)
     return rows, chosen
 
@@ -118,7 +120,9 @@ def _drop_missing(missing: list[str], what: str, strict: bool) -> None:
     if not missing:
         return
     if strict:
-        raise CohortError(f"{missing[0]}: listed in {what} but absent on disk ({len(missing)} missing in all; --strict)")
+        raise CohortError(
+            f"{missing[0]}: listed in {what} but absent on disk ({len(missing)} missing in all; --strict)"
+        )
     log.warning("dropped %d slide(s) listed in %s but absent on disk, e.g. %s", len(missing), what, missing[0])
 
 
@@ -146,12 +150,16 @@ def read_camelyon16_reference(path: str | os.PathLike) -> dict[str, str]:
             if lineno == 1 and not re.match(r"^test_\d+$", row[0], re.IGNORECASE):
                 continue  # header
             if len(row) < 2:
-                raise CohortError(f"{path}:{lineno}: expected 'test_NNN,Tumor|Normal[,...]', got {','.join(row)!r}")
+                raise CohortError(
+                    f"{path}:{lineno}: expected 'test_NNN,Tumor|Normal[,...]', got {','.join(row)!r}"
+                )
             slide, label = row[0].lower(), row[1].lower()
             if not re.match(r"^test_\d{3}$", slide):
                 raise CohortError(f"{path}:{lineno}: {row[0]!r} is not a test slide id (test_NNN)")
             if label not in _CAMELYON16_REFERENCE_LABELS:
-                raise CohortError(f"{path}:{lineno}: unknown label {row[1]!r} for {row[0]} (expected Tumor or Normal)")
+                raise CohortError(
+                    f"{path}:{lineno}: unknown label {row[1]!r} for {row[0]} (expected Tumor or Normal)"
+                )
             if slide in labels:
                 raise CohortError(f"{path}:{lineno}: {row[0]} listed twice")
             labels[slide] = _CAMELYON16_REFERENCE_LABELS[label]
@@ -177,7 +185,9 @@ def read_asap_annotation(path: str | os.PathLike) -> list[tuple[str, str, list[t
     for ann in root.iter("Annotation"):
         coords = sorted(ann.iter("Coordinate"), key=lambda c: int(c.get("Order", 0)))
         try:
-            xy = [(float(c.get("X", "").replace(",", ".")), float(c.get("Y", "").replace(",", "."))) for c in coords]
+            # some ASAP versions write decimal commas
+            xy = [(float(c.get("X", "").replace(",", ".")), float(c.get("Y", "").replace(",", ".")))
+                  for c in coords]
         except ValueError:
             raise CohortError(f"{path}: annotation {ann.get('Name')!r} has a non-numeric coordinate") from None
         out.append((ann.get("Name", ""), ann.get("PartOfGroup", ""), xy))
@@ -219,7 +229,9 @@ def build_camelyon16(
     if reference is not None:
         ref = read_camelyon16_reference(reference)
     elif tests_on_disk:
-        raise CohortError(f"{found[tests_on_disk[0]]}: test slides need labels: pass --reference testing/reference.csv")
+        raise CohortError(
+            f"{found[tests_on_disk[0]]}: test slides need labels: pass --reference testing/reference.csv"
+        )
     for sid in tests_on_disk:
         if sid not in ref and sid not in excluded:
             raise CohortError(f"{found[sid]}: no label for {sid} in {reference}")
@@ -254,7 +266,8 @@ def build_camelyon16(
     if annotations is not None:
         lacking = [r.slide_id for r in rows if r.label == "tumor" and r.annotation is None]
         if lacking:
-            log.warning("%d tumor slide(s) have no lesion annotation in %s, e.g. %s", len(lacking), annotations, lacking[0])
+            log.warning("%d tumor slide(s) have no lesion annotation in %s, e.g. %s",
+                        len(lacking), annotations, lacking[0])
     return rows
 
 
@@ -367,7 +380,9 @@ def build_tcga(
         if fixed_label is not None and fixed_label not in classes:
             raise CohortError(f"{manifest}: project {project!r} is not one of {', '.join(classes)}")
         if fixed_label is None and projects is None:
-            raise CohortError(f"{manifest}: no project for its slides: give --clinical or --manifest {manifest}=PROJECT")
+            raise CohortError(
+                f"{manifest}: no project for its slides: give --clinical or --manifest {manifest}=PROJECT"
+            )
         for lineno, rec in enumerate(records, start=2):
             filename = (rec.get(name_col) or "").strip()
             file_id = (rec.get(id_col) or "").strip()
@@ -375,7 +390,9 @@ def build_tcga(
                 raise CohortError(f"{manifest}:{lineno}: empty {name_col}")
             barcode = parse_tcga_slide_name(filename)
             if barcode is None:
-                raise CohortError(f"{manifest}:{lineno}: {filename!r} is not a TCGA slide name (TCGA-XX-XXXX-01Z-00-DX1...)")
+                raise CohortError(
+                    f"{manifest}:{lineno}: {filename!r} is not a TCGA slide name (TCGA-XX-XXXX-01Z-00-DX1...)"
+                )
             if barcode.slide_type not in types:
                 skipped_type += 1
                 continue
@@ -390,7 +407,9 @@ def build_tcga(
                     raise CohortError(f"{manifest}:{lineno}: case {barcode.patient_id} is not in {clinical}")
                 label = projects[barcode.patient_id]
             if label not in classes:
-                raise CohortError(f"{manifest}:{lineno}: {filename} has unknown label {label!r} (classes: {', '.join(classes)})")
+                raise CohortError(
+                    f"{manifest}:{lineno}: {filename} has unknown label {label!r} (classes: {', '.join(classes)})"
+                )
             path = _find_gdc_file(slides, file_id, filename)
             if path is None:
                 missing.append(str(slides / file_id / filename))
@@ -424,7 +443,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cohort", required=True)
 
     c = sub.add_parser("camelyon16", help="Camelyon16 (normal/tumor, official train/test split)")
-    c.add_argument("--slides", required=True, help="folder with normal_NNN.tif, tumor_NNN.tif, test_NNN.tif (recursive)")
+    c.add_argument("--slides", required=True,
+                   help="folder with normal_NNN.tif, tumor_NNN.tif, test_NNN.tif (recursive)")
     c.add_argument("--reference", help="testing/reference.csv with the test labels")
     c.add_argument("--annotations", help="folder of lesion annotation XMLs <slide_id>.xml (recursive)")
     c.add_argument("--exclude", action="append", default=[], metavar="SLIDE_ID", help="leave a slide out (repeatable)")
@@ -439,7 +459,8 @@ def _parser() -> argparse.ArgumentParser:
             "--manifest", required=True, action="append", type=_manifest_arg, metavar="FILE[=PROJECT]",
             help="GDC manifest (repeatable); =PROJECT labels all its slides (else from --clinical)",
         )
-        t.add_argument("--slides", required=True, help="gdc-client download folder (<id>/<filename>) or a flat folder")
+        t.add_argument("--slides", required=True,
+                       help="gdc-client download folder (<id>/<filename>) or a flat folder")
         t.add_argument("--clinical", help="GDC clinical.tsv or sample sheet with case_submitter_id and project_id")
         t.add_argument("--include-frozen", action="store_true", help="also frozen sections (TS/BS/MS), not only DX")
         if name == "tcga":
@@ -459,7 +480,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows = build_camelyon16(args.slides, args.reference, args.annotations, args.strict, args.exclude)
         else:
             classes = args.classes.split(",") if args.cohort == "tcga" else TCGA_COHORTS[args.cohort]
-            rows = build_tcga(args.manifest, args.slides, classes, args.clinical, args.include_frozen, args.strict)
+            rows = build_tcga(args.manifest, args.slides, classes, args.clinical,
+                              args.include_frozen, args.strict)
         write_sheet(rows, args.out)
     except CohortError as e:
         print(f"error: {e}", file=sys.stderr)

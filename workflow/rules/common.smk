@@ -8,7 +8,7 @@ from pathlib import Path
 from snakemake.utils import validate
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
-SRC = Path(workflow.basedir) / "src"
+SRC = Path(workflow.current_basedir).parents[1] / "src"
 sys.path.insert(0, str(SRC))  # the sheet checks below are slidemil's own (src/slidemil/samples.py)
 from slidemil.samples import check_sheet, read_sheet  # noqa: E402
 

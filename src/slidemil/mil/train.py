@@ -89,6 +89,43 @@ def split_params(model: str, params: dict[str, Any]) -> tuple[dict[str, Any], di
     return train, model_params
 
 
+class Standardized(nn.Module):
+    """Wraps a MIL model with feature standardisation fitted on the training instances.
+
+    Frozen-encoder features (random or ImageNet) carry the signal in small deviations around large
+    per-dimension offsets; without this, attention MIL barely moves from chance on the demo. The
+    statistics are buffers, so model.pt is self-contained.
+    """
+
+    def __init__(self, inner: nn.Module, mean: np.ndarray, std: np.ndarray) -> None:
+        super().__init__()
+        self.inner = inner
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inner((x - self.mean) / self.std)
+
+
+def feature_stats(bags: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and std over all instances of `bags` (float64 accumulation)."""
+    n = sum(len(b) for b in bags)
+    total = sum(b.astype(np.float64).sum(0) for b in bags)
+    mean = total / n
+    var = sum(((b.astype(np.float64) - mean) ** 2).sum(0) for b in bags) / n
+    return mean, np.sqrt(var) + 1e-6
+
+
+def load_mil(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """A trained model from model.pt (standardisation included), in eval mode, and its config."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    cfg = ckpt["config"]
+    inner = build_mil(cfg["model"], cfg["in_dim"], cfg["n_classes"], **cfg["model_params"])
+    net = Standardized(inner, np.zeros(cfg["in_dim"]), np.ones(cfg["in_dim"]))
+    net.load_state_dict(ckpt["state_dict"])
+    return net.eval(), cfg
+
+
 def _bag(x: np.ndarray, device: torch.device) -> torch.Tensor:
     # Bags may be kept as float16 (as stored) to halve host memory; compute in float32.
     return torch.from_numpy(np.ascontiguousarray(x)).to(device=device, dtype=torch.float32)
@@ -145,14 +182,15 @@ def train_mil(bags: dict[str, np.ndarray], labels: dict[str, int], roles: dict[s
     dev = resolve_device(device)
     history: list[dict[str, float]] = []
     with deterministic(seed, dev):
-        net = build_mil(model, in_dim, n_classes, **model_p).to(dev)
+        mean, std = feature_stats([bags[s] for s in train_ids])
+        net = Standardized(build_mil(model, in_dim, n_classes, **model_p), mean, std).to(dev)
         opt = torch.optim.AdamW(net.parameters(), lr=float(train_p["lr"]),
                                 weight_decay=float(train_p["weight_decay"]))
         rng = np.random.default_rng(seed)
         best_loss, best_epoch = float("inf"), 0
         best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
         bar = tqdm(range(1, int(train_p["epochs"]) + 1), desc=f"mil {model}", file=sys.stderr,
-                   mininterval=2.0, leave=False)
+                   mininterval=2.0)
         for epoch in bar:
             net.train()
             losses = []
@@ -193,10 +231,6 @@ def train_mil(bags: dict[str, np.ndarray], labels: dict[str, int], roles: dict[s
               "n_train": len(train_ids), "n_val": len(val_ids),
               "n_test": sum(roles[s] == "test" for s in ids), "skipped": skipped}
     return MilResult(net.cpu(), config, history, best_epoch, probs, scores, str(dev), skipped)
-
-
-def _replace(tmp: Path, final: Path) -> None:
-    os.replace(tmp, final)
 
 
 def run_fold(features_dir: str | Path, fold_table_csv: str | Path, samples_tsv: str | Path, fold: int,
@@ -270,5 +304,5 @@ def run_fold(features_dir: str | Path, fold_table_csv: str | Path, samples_tsv: 
         write(tmp)
         temps.append((tmp, out_dir / name))
     for tmp, final in temps:
-        _replace(tmp, final)
+        os.replace(tmp, final)
     log.info("fold %d %s: wrote %s (%d slides, %d skipped)", fold, model, out_dir, len(rows), len(skipped))

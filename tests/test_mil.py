@@ -1,0 +1,155 @@
+"""MIL models, training loop and per-fold outputs on small synthetic bags (CPU, seconds)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from slidemil.folds import fold_table
+from slidemil.metrics import auc
+from slidemil.mil import MIL_MODELS, build_mil
+from slidemil.mil.train import load_mil, run_fold, train_mil
+from slidemil.store import write_features
+
+FAST = {"epochs": 8, "lr": 1e-2, "hidden": 16, "dropout": 0.0}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matmuls: one thread is faster and immune to other processes' load."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_bags(seed: int, n_train: int = 40, n_val: int = 12, n_test: int = 24, d: int = 16,
+              shift: float = 10.0, offset: float = 0.3) -> tuple[dict, dict, dict]:
+    """Bags of 50-200 random d-vectors; positive bags hide 1-3 instances shifted along e_0.
+
+    The witness fraction (<= 3 of 50-200) is tiny and each bag has its own offset, so the bag
+    mean barely moves with the label (mean pooling ~0.4-0.8 AUC) while an attention that finds
+    the shifted instances separates the bags.
+    """
+    rng = np.random.default_rng(seed)
+    bags, labels, roles = {}, {}, {}
+    for role, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+        for i in range(n):
+            sid, y = f"{role}{i:03d}", i % 2
+            x = rng.standard_normal((int(rng.integers(50, 200)), d)) + offset * rng.standard_normal(d)
+            if y:
+                x[: int(rng.integers(1, 4)), 0] += shift
+            bags[sid], labels[sid], roles[sid] = rng.permutation(x).astype(np.float32), y, role
+    return bags, labels, roles
+
+
+def test_registry_builds_each_model_with_right_shapes():
+    assert {"mean", "max", "abmil"} <= set(MIL_MODELS)
+    x = torch.randn(37, 24)
+    for name in ("mean", "max", "abmil"):
+        for n_classes in (2, 3):
+            net = build_mil(name, 24, n_classes, hidden=8, dropout=0.1).eval()
+            logits, scores = net(x)
+            assert logits.shape == (n_classes,) and scores.shape == (37,)
+    _, attn = build_mil("abmil", 24, 2).eval()(x)
+    assert torch.all(attn >= 0) and attn.sum().item() == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(KeyError, match="unknown MIL model"):
+        build_mil("nope", 24, 2)
+    with pytest.raises(TypeError, match="hiden"):
+        build_mil("abmil", 24, 2, hiden=8)
+    with pytest.raises(ValueError, match="non-empty"):
+        build_mil("abmil", 24, 2)(torch.zeros(0, 24))
+
+
+def test_zero_instance_bag_is_skipped_with_warning(caplog):
+    bags, labels, roles = make_bags(0, n_train=6, n_val=2, n_test=2)
+    bags["empty_slide"], labels["empty_slide"], roles["empty_slide"] = np.zeros((0, 16), np.float32), 1, "train"
+    with caplog.at_level(logging.WARNING):
+        res = train_mil(bags, labels, roles, "abmil", 2, {**FAST, "epochs": 1}, seed=0)
+    assert "empty_slide" in caplog.text
+    assert res.skipped == ["empty_slide"] and "empty_slide" not in res.probs
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_abmil_finds_rare_witnesses_and_beats_mean(seed):
+    bags, labels, roles = make_bags(seed)
+    test = sorted(s for s in roles if roles[s] == "test")
+    y = np.array([labels[s] for s in test])
+    runs = {m: train_mil(bags, labels, roles, m, 2, FAST, seed=seed) for m in ("abmil", "mean")}
+    result = {m: auc(y, np.stack([r.probs[s] for s in test])) for m, r in runs.items()}
+    assert result["abmil"] >= 0.9, result
+    assert result["abmil"] > result["mean"], result
+    # Attention peaks on a shifted (witness) instance in every positive test bag.
+    for s in test:
+        if labels[s] == 1:
+            attn = runs["abmil"].instance_scores[s]
+            assert attn.shape == (len(bags[s]),) and bags[s][int(np.argmax(attn)), 0] > 5
+
+
+def test_same_seed_same_predictions_and_test_labels_unused():
+    bags, labels, roles = make_bags(3, n_train=12, n_val=6, n_test=6)
+    params = {**FAST, "epochs": 3, "dropout": 0.25}
+    a = train_mil(bags, labels, roles, "abmil", 2, params, seed=7)
+    b = train_mil(bags, labels, roles, "abmil", 2, params, seed=7)
+    assert a.probs.keys() == b.probs.keys()
+    for s in a.probs:
+        np.testing.assert_array_equal(a.probs[s], b.probs[s])
+        np.testing.assert_array_equal(a.instance_scores[s], b.instance_scores[s])
+    assert a.history == b.history
+    # Model selection never looks at test labels: flipping them changes nothing.
+    flipped = {s: (1 - y if roles[s] == "test" else y) for s, y in labels.items()}
+    c = train_mil(bags, flipped, roles, "abmil", 2, params, seed=7)
+    for s in a.probs:
+        np.testing.assert_array_equal(a.probs[s], c.probs[s])
+    # Selected epoch = lowest validation loss, earliest on ties.
+    val_losses = [h["val_loss"] for h in a.history]
+    assert a.best_epoch == int(np.argmin(val_losses)) + 1
+
+
+def test_run_fold_end_to_end(tmp_path, caplog):
+    bags, labels, _ = make_bags(0, n_train=16, n_val=0, n_test=0, d=8)
+    classes = ["normal", "tumor"]
+    features = tmp_path / "features" / "enc"
+    rows = []
+    for i, (sid, x) in enumerate(sorted(bags.items())):
+        grid = np.stack([np.arange(len(x)) % 10, np.arange(len(x)) // 10], 1)
+        write_features(features / f"{sid}.zarr", x, grid * 256, grid, {"encoder": "enc"})
+        rows.append({"slide_id": sid, "patient_id": f"p{i}", "label": classes[labels[sid]]})
+    write_features(features / "blank.zarr", np.zeros((0, 8)), np.zeros((0, 2)), np.zeros((0, 2)), {})
+    rows.append({"slide_id": "blank", "patient_id": "pblank", "label": "tumor"})
+    samples = pd.DataFrame(rows)
+    samples.to_csv(tmp_path / "samples.tsv", sep="\t", index=False)
+    folds = fold_table(samples, n_folds=3, seed=0, val_fraction=0.25)
+    folds.to_csv(tmp_path / "folds.csv", index=False)
+    out = tmp_path / "mil" / "enc" / "abmil" / "fold1"
+
+    with caplog.at_level(logging.WARNING):
+        run_fold(features, tmp_path / "folds.csv", tmp_path / "samples.tsv", 1, "abmil",
+                 {"epochs": 2, "hidden": 8}, out, seed=0, classes=classes)
+    assert "blank" in caplog.text
+    assert sorted(p.name for p in out.iterdir()) == ["attention.npz", "history.csv", "model.pt",
+                                                     "predictions.csv"]
+    pred = pd.read_csv(out / "predictions.csv")
+    assert list(pred.columns) == ["slide_id", "label", "role", "prob_normal", "prob_tumor", "pred"]
+    fold1 = folds[(folds["fold"] == 1) & (folds["slide_id"] != "blank")]
+    assert sorted(pred["slide_id"]) == sorted(fold1["slide_id"])
+    assert dict(zip(pred["slide_id"], pred["role"])) == dict(zip(fold1["slide_id"], fold1["role"]))
+    np.testing.assert_allclose(pred[["prob_normal", "prob_tumor"]].sum(axis=1), 1, atol=1e-6)
+    hist = pd.read_csv(out / "history.csv")
+    assert list(hist.columns) == ["epoch", "train_loss", "val_loss", "val_auc"] and len(hist) == 2
+    test_ids = sorted(pred.loc[pred["role"] == "test", "slide_id"])
+    with np.load(out / "attention.npz") as att:
+        assert sorted(att.files) == test_ids
+        assert all(att[s].shape == (len(bags[s]),) for s in test_ids)
+    net, cfg = load_mil(out / "model.pt")
+    assert cfg["model"] == "abmil" and cfg["classes"] == classes and cfg["skipped"] == ["blank"]
+    s = test_ids[0]
+    with torch.no_grad():
+        p = torch.softmax(net(torch.from_numpy(bags[s].astype(np.float16).astype(np.float32)))[0], 0)
+    np.testing.assert_allclose(p.numpy(), pred.set_index("slide_id").loc[s, ["prob_normal", "prob_tumor"]]
+                               .to_numpy(float), rtol=1e-5, atol=1e-6)
+    assert not list(out.glob(".*tmp*"))  # no temp files left behind

@@ -1,0 +1,129 @@
+"""The Snakemake workflow end to end on a tiny cohort, its rerun behaviour, lint and conda envs."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def _tiny_config(workdir: Path, **overrides) -> Path:
+    """The demo config shrunk to 8 small slides, 2 folds and few epochs (about a minute on 2 cores)."""
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    rows = ["slide_id\tpath\tlabel\tpatient_id"]
+    for i in range(8):
+        rows.append(f"t{i}\tresults/demo/slides/t{i}.tiff\t{'tumour' if i % 2 else 'normal'}\tP{i}")
+    (workdir / "samples.tsv").write_text("\n".join(rows) + "\n")
+    cfg["samples"] = "samples.tsv"
+    cfg["demo"].update(width=1536, height=1024)
+    cfg["evaluate"].update(n_folds=2, bootstrap=50)
+    cfg["mil"].update(epochs=3)
+    cfg["encoders"][0].update(depth=2)
+    for key, value in overrides.items():
+        block, _, name = key.partition(".")
+        cfg[block][name] = value
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def planned_rules(workdir: Path) -> set[str]:
+    """Rules a dry run would execute (from the job-stats table)."""
+    out = snakemake(workdir, "-n", "--quiet", "rules").stdout
+    rules = set()
+    for line in out.splitlines():
+        m = re.match(r"^(\w+)\s+\d+$", line.strip())
+        if m and m.group(1) not in ("total", "job"):
+            rules.add(m.group(1))
+    return rules
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("wf")
+    _tiny_config(workdir)
+    snakemake(workdir)
+    return workdir
+
+
+@pytest.mark.e2e
+def test_end_to_end_benchmark(finished_run):
+    bench = pd.read_csv(finished_run / "results" / "benchmark.csv")
+    per_fold = bench[bench["fold"].astype(str) != "summary"]
+    assert len(per_fold) == 1 * 2 * 2  # encoders x models x folds
+    assert set(per_fold["model"]) == {"mean", "abmil"}
+    assert per_fold["auc"].between(0, 1).all()
+    assert (bench["fold"].astype(str) == "summary").sum() == 2
+    qc = pd.read_csv(finished_run / "results" / "qc" / "cohort.tsv", sep="\t")
+    assert len(qc) == 8 and (qc["n_tiles"] > 0).all()
+    assert (finished_run / "results" / "roc.png").stat().st_size > 0
+    for rule in ("mask", "tile", "graph", "embed", "mil"):
+        assert list((finished_run / "logs" / rule).rglob("*.log")), f"no logs for {rule}"
+    assert "tile" in (finished_run / "logs" / "tile" / "t1.log").read_text()  # tqdm/logging reached the log
+
+
+@pytest.mark.e2e
+def test_rerun_plans_only_changed_stages(finished_run):
+    assert planned_rules(finished_run) == set()  # complete: nothing to do
+    _tiny_config(finished_run, **{"mil.lr": 0.001})
+    assert planned_rules(finished_run) == {"mil", "evaluate", "all"}
+    _tiny_config(finished_run, **{"tile.tile_size": 48})
+    planned = planned_rules(finished_run)
+    assert {"tile", "graph", "embed", "mil", "evaluate", "qc_cohort"} <= planned
+    assert "mask" not in planned and "demo_slide" not in planned
+    _tiny_config(finished_run)  # back to the finished config
+
+
+def test_lint_is_clean():
+    proc = subprocess.run([*SNAKEMAKE, "--lint", "--snakefile", str(ROOT / "Snakefile")], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Lints for" not in proc.stdout + proc.stderr
+
+
+def test_every_rule_has_a_conda_env_that_agrees_with_pyproject():
+    pins = {}
+    for dep in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
+        name = re.split(r"[<>=!~ ]", dep, 1)[0].lower()
+        pins[name] = dep.replace(" ", "")
+    for smk in (ROOT / "workflow" / "rules").glob("*.smk"):
+        text = smk.read_text()
+        rules = re.findall(r"^rule (\w+):", text, re.M)
+        envs = re.findall(r'conda:\s*\n\s*"([^"]+)"', text)
+        assert len(envs) == len(rules), f"{smk.name}: every rule needs a conda: env"
+        for env in envs:
+            spec = yaml.safe_load((smk.parent / env).read_text())
+            pip = next(d["pip"] for d in spec["dependencies"] if isinstance(d, dict))
+            for req in pip:
+                name = re.split(r"[<>=!~ ]", req, 1)[0].lower()
+                assert name in pins, f"{env}: {name} is not a dependency in pyproject.toml"
+                assert req.replace(" ", "") == pins[name], f"{env}: {req} disagrees with pyproject's {pins[name]}"
+
+
+def test_bad_sample_sheet_stops_before_any_job(tmp_path):
+    _tiny_config(tmp_path)
+    sheet = (tmp_path / "samples.tsv").read_text().replace("\tnormal\tP2", "\tcancer\tP2")
+    (tmp_path / "samples.tsv").write_text(sheet)
+    proc = snakemake(tmp_path, "-n", check=False)
+    assert proc.returncode != 0
+    assert "line 4 (t2): unknown label 'cancer'" in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
