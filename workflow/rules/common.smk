@@ -1,6 +1,7 @@
 # Sample sheet, config validation and input helpers shared by every rule file.
 import hashlib
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -33,15 +34,12 @@ wildcard_constraints:
     fold=r"\d+",
 
 
-def _python() -> str:
-    """The interpreter for rule commands: the env's under --sdm conda, else Snakemake's own."""
-    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
-        return "python"
-    return shlex.quote(sys.executable)
-
-
-# src/ first on PYTHONPATH: rules run this checkout's code, which `code_version` hashes
-SLIDEMIL = f"PYTHONPATH={shlex.quote(str(SRC))}${{PYTHONPATH:+:$PYTHONPATH}} {_python()} -m slidemil"
+# Rule commands run `python -m slidemil` from this checkout's src/ (which `code_version` hashes),
+# with Snakemake's own interpreter first on PATH unless --sdm conda activates a rule's env.
+_env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
+if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
+    _env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+os.environ.update(_env)
 
 
 def as_arg(obj) -> str:

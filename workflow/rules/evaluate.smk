@@ -17,4 +17,4 @@ rule evaluate:
     conda:
         "../../envs/torch.yaml"
     shell:
-        "{SLIDEMIL} evaluate --predictions {input} --classes {params.classes} --bootstrap {params.bootstrap} --seed {params.seed} --out {output.table} --plot {output.plot} 2> {log}"
+        "python -m slidemil evaluate --predictions {input} --classes {params.classes} --bootstrap {params.bootstrap} --seed {params.seed} --out {output.table} --plot {output.plot} 2> {log}"

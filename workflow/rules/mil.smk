@@ -15,7 +15,7 @@ rule folds:
     conda:
         "../../envs/slide-io.yaml"
     shell:
-        "{SLIDEMIL} folds --samples {input.samples} --params {params.cfg} --seed {params.seed} --out {output} 2> {log}"
+        "python -m slidemil folds --samples {input.samples} --params {params.cfg} --seed {params.seed} --out {output} 2> {log}"
 
 
 rule mil:
@@ -47,4 +47,4 @@ rule mil:
     conda:
         "../../envs/torch.yaml"
     shell:
-        "{SLIDEMIL} mil --features-dir {params.features_dir} --folds {input.folds} --samples {input.samples} --fold {wildcards.fold} --model {wildcards.model} --params {params.cfg} --classes {params.classes} --seed {params.seed} --threads {threads} --out-dir {params.out_dir} 2> {log}"
+        "python -m slidemil mil --features-dir {params.features_dir} --folds {input.folds} --samples {input.samples} --fold {wildcards.fold} --model {wildcards.model} --params {params.cfg} --classes {params.classes} --seed {params.seed} --threads {threads} --out-dir {params.out_dir} 2> {log}"

@@ -22,7 +22,7 @@ rule mask:
     conda:
         "../../envs/slide-io.yaml"
     shell:
-        "{SLIDEMIL} mask --slide {input.slide} --slide-id {wildcards.slide} {params.mpp} --params {params.cfg} --out {output.mask} --qc {output.qc} 2> {log}"
+        "python -m slidemil mask --slide {input.slide} --slide-id {wildcards.slide} {params.mpp} --params {params.cfg} --out {output.mask} --qc {output.qc} 2> {log}"
 
 
 rule tile:
@@ -48,7 +48,7 @@ rule tile:
     conda:
         "../../envs/slide-io.yaml"
     shell:
-        "{SLIDEMIL} tile --slide {input.slide} --slide-id {wildcards.slide} {params.mpp} --params {params.cfg} --mask {input.mask} --mask-qc {input.mask_qc} --out {output.tiles} --qc {output.qc} 2> {log}"
+        "python -m slidemil tile --slide {input.slide} --slide-id {wildcards.slide} {params.mpp} --params {params.cfg} --mask {input.mask} --mask-qc {input.mask_qc} --out {output.tiles} --qc {output.qc} 2> {log}"
 
 
 rule graph:
@@ -66,7 +66,7 @@ rule graph:
     conda:
         "../../envs/slide-io.yaml"
     shell:
-        "{SLIDEMIL} graph --tiles {input.tiles} --radius {params.radius} --out {output} 2> {log}"
+        "python -m slidemil graph --tiles {input.tiles} --radius {params.radius} --out {output} 2> {log}"
 
 
 rule qc_cohort:
@@ -82,4 +82,4 @@ rule qc_cohort:
     conda:
         "../../envs/slide-io.yaml"
     shell:
-        "{SLIDEMIL} qc --tiles {input.tiles} --masks {input.masks} --out {output} 2> {log}"
+        "python -m slidemil qc --tiles {input.tiles} --masks {input.masks} --out {output} 2> {log}"
