@@ -17,11 +17,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
-def _tiny_config(workdir: Path, **overrides) -> Path:
-    """The demo config shrunk to 8 small slides, 2 folds and few epochs (about a minute on 2 cores)."""
+def _tiny_config(workdir: Path, n_slides: int = 8, **overrides) -> Path:
+    """The demo config shrunk to a few small slides, 2 folds and few epochs (about a minute on 2 cores)."""
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     rows = ["slide_id\tpath\tlabel\tpatient_id"]
-    for i in range(8):
+    for i in range(n_slides):
         rows.append(f"t{i}\tresults/demo/slides/t{i}.tiff\t{'tumour' if i % 2 else 'normal'}\tP{i}")
     (workdir / "samples.tsv").write_text("\n".join(rows) + "\n")
     cfg["samples"] = "samples.tsv"
@@ -46,15 +46,19 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
     return proc
 
 
-def planned_rules(workdir: Path) -> set[str]:
-    """Rules a dry run would execute (from the job-stats table)."""
+def planned_jobs(workdir: Path) -> dict[str, int]:
+    """Jobs per rule that a dry run would execute (from the job-stats table)."""
     out = snakemake(workdir, "-n", "--quiet", "rules").stdout
-    rules = set()
+    jobs = {}
     for line in out.splitlines():
-        m = re.match(r"^(\w+)\s+\d+$", line.strip())
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
         if m and m.group(1) not in ("total", "job"):
-            rules.add(m.group(1))
-    return rules
+            jobs[m.group(1)] = int(m.group(2))
+    return jobs
+
+
+def planned_rules(workdir: Path) -> set[str]:
+    return set(planned_jobs(workdir))
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +95,20 @@ def test_rerun_plans_only_changed_stages(finished_run):
     assert {"tile", "graph", "embed", "mil", "evaluate", "qc_cohort"} <= planned
     assert "mask" not in planned and "demo_slide" not in planned
     _tiny_config(finished_run)  # back to the finished config
+
+
+@pytest.mark.e2e
+def test_adding_a_slide_runs_only_its_jobs_and_cohort_stages(finished_run):
+    sheet = finished_run / "samples.tsv"
+    original = sheet.read_text()
+    try:
+        sheet.write_text(original + "t_new\tresults/demo/slides/t_new.tiff\ttumour\tP_new\n")
+        jobs = planned_jobs(finished_run)
+        per_slide = {r: jobs.get(r) for r in ("demo_slide", "mask", "tile", "graph", "embed")}
+        assert per_slide == dict.fromkeys(per_slide, 1), jobs  # only the new slide
+        assert {"qc_cohort", "folds", "mil", "evaluate"} <= set(jobs)
+    finally:
+        sheet.write_text(original)
 
 
 def test_lint_is_clean():

@@ -76,6 +76,9 @@ def cmd_graph(a: argparse.Namespace) -> None:
 def cmd_embed(a: argparse.Namespace) -> None:
     from slidemil.embed import EncoderSpec, embed_slide
 
+    import torch
+
+    torch.set_num_threads(a.threads)  # as many as the rule was given: same numbers locally and on SLURM
     spec = EncoderSpec(**_fields(EncoderSpec, _json(a.encoder)))
     embed_slide(a.tiles, a.out, spec, a.seed, device=a.device)
 
@@ -175,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", required=True, help="JSON of one config `encoders` entry")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", required=True)
     p = add("qc", cmd_qc, "cohort QC table from tile stores and mask sidecars")
     p.add_argument("--tiles", nargs="+", required=True)

@@ -15,10 +15,16 @@ class TissueParams:
     min_saturation: float = 0.07  # floor under Otsu's saturation threshold (0-1)
     max_value: float = 0.94  # brighter than this is glass/background (0-1)
     min_value: float = 0.12  # darker than this is black ink or debris (0-1)
-    exclude_ink: bool = True  # drop blue/green pen marks
+    exclude_ink: bool = True  # drop blue, green and black pen marks
+    black_ink_value: float = 0.35  # black ink: darker than this (0-1) ...
+    black_ink_saturation: float = 0.25  # ... and less saturated than this (H&E's darkest is purple)
     close_radius_um: float = 16.0  # morphological closing radius, microns
     min_object_um2: float = 20000.0  # tissue pieces smaller than this are dropped, square microns
     max_hole_um2: float = 40000.0  # holes smaller than this inside tissue are kept as tissue
+    exclude_blur: bool = True  # drop out-of-focus regions (low local Laplacian variance)
+    min_sharpness: float = 3e-4  # local Laplacian variance (grey 0-1) below this is blurry
+    blur_window_um: float = 128.0  # side of the window the Laplacian variance is taken over, microns
+    min_blur_um2: float = 100000.0  # blurry patches smaller than this stay tissue (smooth, not blurred)
 
 
 def _rgb_to_hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -33,12 +39,43 @@ def _rgb_to_hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.where(delta > 0, h, 0.0), s, mx
 
 
-def ink_mask(rgb: np.ndarray) -> np.ndarray:
-    """Blue and green marker ink: saturated hues that H&E never produces (H&E is pink to purple)."""
+def ink_mask(rgb: np.ndarray, params: TissueParams = TissueParams()) -> np.ndarray:
+    """Marker ink. Blue and green: saturated hues that H&E never produces (H&E is pink to purple).
+    Black: very dark and nearly grey, whereas H&E's darkest (dense nuclei) stays saturated purple.
+    """
     h, s, v = _rgb_to_hsv(rgb)
     green = (h >= 70) & (h < 170) & (s > 0.15)
     blue = (h >= 170) & (h < 235) & (s > 0.25)
-    return (green | blue) & (v > 0.05)
+    black = (v < params.black_ink_value) & (s < params.black_ink_saturation)
+    return ((green | blue) & (v > 0.05)) | black
+
+
+def sharpness(rgb: np.ndarray, window_px: int) -> np.ndarray:
+    """Local variance of the Laplacian of the grey image (0-1) over `window_px` squares [H, W].
+
+    Focus blur removes the fine detail the Laplacian responds to; glass is smooth too, but glass
+    is excluded by brightness before this matters. At a mask resolution of ~8 um/px this sees
+    gross blur (wider than a mask pixel), not fine focus errors that only tile-level checks see.
+    """
+    grey = rgb.astype(np.float32).mean(axis=-1) / 255.0
+    lap = ndi.laplace(grey)
+    m = ndi.uniform_filter(lap, window_px)
+    m2 = ndi.uniform_filter(lap * lap, window_px)
+    return np.maximum(m2 - m * m, 0.0)
+
+
+def blur_mask(rgb: np.ndarray, um_per_px: float, params: TissueParams = TissueParams(),
+              within: np.ndarray | None = None) -> np.ndarray:
+    """Blurry regions: sharpness below `min_sharpness`, in connected patches >= `min_blur_um2`."""
+    window = max(3, round(params.blur_window_um / um_per_px))
+    blurry = sharpness(rgb, window) < params.min_sharpness
+    if within is not None:
+        blurry &= within
+    lab, n = ndi.label(blurry)
+    if not n:
+        return blurry
+    sizes = ndi.sum_labels(blurry, lab, index=np.arange(1, n + 1)) * um_per_px**2
+    return np.isin(lab, np.flatnonzero(sizes >= params.min_blur_um2) + 1)
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
@@ -63,14 +100,21 @@ def _disc(radius: int) -> np.ndarray:
 
 def tissue_mask(rgb: np.ndarray, um_per_px: float, params: TissueParams = TissueParams()) -> np.ndarray:
     """Boolean tissue mask of an RGB thumbnail whose pixels are `um_per_px` microns wide."""
+    return tissue_parts(rgb, um_per_px, params)["tissue"]
+
+
+def tissue_parts(rgb: np.ndarray, um_per_px: float, params: TissueParams = TissueParams()) -> dict[str, np.ndarray]:
+    """Boolean maps [H, W] of `tissue` (the mask) and of what was excluded as `ink` and `blur`."""
     h, s, v = _rgb_to_hsv(rgb)
     candidate = (v < params.max_value) & (v > params.min_value)
     sat_cut = max(params.min_saturation, otsu_threshold(s[candidate]) if candidate.any() else 1.0)
     # Otsu on a slide that is mostly tissue can split tissue in two; never cut above a pale-pink level
     sat_cut = min(sat_cut, 0.25)
     mask = candidate & (s >= sat_cut)
-    if params.exclude_ink:
-        mask &= ~ink_mask(rgb)
+    ink = ink_mask(rgb, params) if params.exclude_ink else np.zeros_like(mask)
+    mask &= ~ink
+    blur = blur_mask(rgb, um_per_px, params, within=mask) if params.exclude_blur else np.zeros_like(mask)
+    mask &= ~blur  # before closing and hole filling: a blurred patch is a large hole, so it stays open
     radius = max(1, round(params.close_radius_um / um_per_px))
     mask = ndi.binary_closing(mask, structure=_disc(radius), border_value=0)
     px_area = um_per_px**2
@@ -85,13 +129,22 @@ def tissue_mask(rgb: np.ndarray, um_per_px: float, params: TissueParams = Tissue
         sizes = ndi.sum_labels(mask, lab, index=np.arange(1, n + 1)) * px_area
         mask = np.isin(lab, np.flatnonzero(sizes >= params.min_object_um2) + 1)
     if params.exclude_ink:
-        mask &= ~ndi.binary_dilation(ink_mask(rgb), iterations=1)
-    return mask
+        ink = ndi.binary_dilation(ink, iterations=1)
+        mask &= ~ink
+    return {"tissue": mask, "ink": ink & (v < params.max_value), "blur": blur}
 
 
-def overlay(rgb: np.ndarray, mask: np.ndarray, boxes: np.ndarray | None = None) -> np.ndarray:
-    """QC picture: tissue tinted green, mask outline, and optional kept-tile boxes [x0, y0, x1, y1]."""
+def overlay(rgb: np.ndarray, mask: np.ndarray, boxes: np.ndarray | None = None,
+            excluded: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """QC picture: tissue tinted green, mask outline, and optional kept-tile boxes [x0, y0, x1, y1].
+
+    `excluded` maps 'ink' / 'blur' to boolean maps, tinted red / orange so that exclusions show.
+    """
     out = rgb.astype(np.float32).copy()
+    tints = {"ink": (220, 0, 0), "blur": (255, 150, 0)}
+    for name, where in (excluded or {}).items():
+        where = np.asarray(where, bool) & ~mask
+        out[where] = 0.5 * out[where] + 0.5 * np.array(tints.get(name, (128, 128, 128)))
     out[mask] = 0.7 * out[mask] + 0.3 * np.array([0, 200, 0])
     edge = mask ^ ndi.binary_erosion(mask)
     out[edge] = (0, 160, 0)
@@ -121,14 +174,17 @@ def mask_slide(slide_path, out_png, qc_png, params: TissueParams, mask_mpp: floa
     w, h = slide.dimensions
     rgb, downsample = read_thumbnail(slide, min(max_side, max(64, round(max(w, h) * mpp / mask_mpp))))
     slide.close()
-    mask = tissue_mask(rgb, downsample * mpp, params)
-    meta = {"downsample": downsample, "slide_mpp": mpp, "mpp_source": "metadata" if has_meta_mpp else "samples.tsv",
+    parts = tissue_parts(rgb, downsample * mpp, params)
+    mask = parts["tissue"]
+    meta = {"status": "ok" if mask.any() else "empty", "reason": "" if mask.any() else "no tissue found",
+            "downsample": downsample, "slide_mpp": mpp, "mpp_source": "metadata" if has_meta_mpp else "samples.tsv",
             "width": w, "height": h, "tissue_fraction": float(mask.mean()),
-            "tissue_area_mm2": float(mask.sum() * (downsample * mpp / 1000.0) ** 2)}
+            "tissue_area_mm2": float(mask.sum() * (downsample * mpp / 1000.0) ** 2),
+            "ink_fraction": float(parts["ink"].mean()), "blur_fraction": float(parts["blur"].mean())}
     out_png, qc_png = Path(out_png), Path(qc_png)
     for p in (out_png, qc_png):
         p.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(overlay(rgb, mask)).save(qc_png)
+    Image.fromarray(overlay(rgb, mask, excluded={"ink": parts["ink"], "blur": parts["blur"]})).save(qc_png)
     out_png.with_suffix(".json").write_text(json.dumps(meta, indent=1))
     tmp = out_png.with_name(out_png.name + ".part.png")
     Image.fromarray((mask * 255).astype(np.uint8)).save(tmp)

@@ -23,4 +23,4 @@ rule embed:
     conda:
         "../../envs/torch.yaml"
     shell:
-        "python -m slidemil embed --tiles {input.tiles} --encoder {params.encoder} --seed {params.seed} --device {params.device} --out {output} 2> {log}"
+        "python -m slidemil embed --tiles {input.tiles} --encoder {params.encoder} --seed {params.seed} --device {params.device} --threads {threads} --out {output} 2> {log}"
