@@ -108,3 +108,213 @@ def test_real_svs_without_mpp_uses_sheet_value(tmp_path):
     attrs = tile_slide(path, tmp_path / "m.png", tmp_path / "t.zarr", TileParams(target_mpp=1.0, tile_size=64),
                        "tcga", mpp_override=0.25, progress=False)
     assert attrs["n_tiles"] > 50 and attrs["slide_mpp"] == 0.25 and attrs["level"] == 1
+
+
+# --- the fast read path (direct JPEG tiles), shard writer, threads ----------------------------
+
+def _tiles(path):
+    g = zarr.open_group(str(path), mode="r")
+    return g["tiles"][:], g["coords"][:], dict(g.attrs)
+
+
+def _via_openslide(monkeypatch):
+    monkeypatch.setattr(tiling, "open_tiled_jpeg_level", lambda *a, **k: None)
+
+
+@pytest.mark.parametrize("target_mpp,tile_size", [(1.0, 64), (0.75, 48), (0.5, 40)])
+def test_direct_jpeg_path_matches_openslide_path(small_slide, tmp_path, monkeypatch, target_mpp, tile_size):
+    slide, _ = small_slide
+    mask = _masked(slide, tmp_path)
+    params = TileParams(target_mpp=target_mpp, tile_size=tile_size)
+    fast = tile_slide(slide, mask, tmp_path / "fast.zarr", params, "s", progress=False)
+    with monkeypatch.context() as m:
+        _via_openslide(m)
+        slow = tile_slide(slide, mask, tmp_path / "slow.zarr", params, "s", progress=False)
+    assert (fast["reader"], slow["reader"]) == ("tiff-jpeg", "openslide")
+    a, ca, _ = _tiles(tmp_path / "fast.zarr")
+    b, cb, _ = _tiles(tmp_path / "slow.zarr")
+    np.testing.assert_array_equal(ca, cb)  # same grid, same tiles selected
+    assert np.abs(a.astype(float) - b.astype(float)).mean() < 1.0  # same pixels up to JPEG re-encoding
+
+
+def test_power_of_two_between_levels_decodes_at_reduced_scale(small_slide, tmp_path):
+    """1.0 mpp from a 0.5 mpp level with no 1.0 level: libjpeg's 1/2-scale decode, no resampling."""
+    from PIL import Image
+
+    from slidemil.slide import open_tiled_jpeg_level, plan_read
+
+    slide, _ = small_slide
+    s = open_slide(slide)
+    plan = plan_read([1.0], 0.5, 1.0)  # as if the slide had level 0 only
+    lv = open_tiled_jpeg_level(slide, s, 0)
+    grid, coords = select_tiles(s.dimensions, 64.0, np.ones((8, 12), bool), 128.0, 0.5)
+    assert tiling.read_geometry(lv, plan) == (2, 1.0, True)
+    got = dict(tiling.read_tiles(lv, plan, grid, coords, 32, 8))
+    for i in (0, len(grid) // 2, len(grid) - 1):
+        x, y = (int(v) for v in coords[i])
+        ref = rgba_to_rgb(s.read_region((x, y), 0, (64, 64))).resize((32, 32), Image.Resampling.BOX)
+        assert got[i].shape == (32, 32, 3)
+        assert np.abs(np.asarray(ref, float) - got[i]).mean() < 6
+
+
+def test_tile_equal_to_a_source_tile_is_copied_not_reencoded(small_slide, tmp_path):
+    """256 px tiles at the scan's own mpp are the TIFF's JPEG tiles: stored as they are."""
+    import imagecodecs
+
+    slide, _ = small_slide
+    mask = _masked(slide, tmp_path)
+    attrs = tile_slide(slide, mask, tmp_path / "t.zarr", TileParams(target_mpp=0.5, tile_size=256, min_tissue=0.3),
+                       "s", progress=False)
+    tiles, coords, _ = _tiles(tmp_path / "t.zarr")
+    assert attrs["n_tiles"] > 0 and attrs["tiles_copied"] == attrs["n_tiles"]
+    s = open_slide(slide)
+    for i in range(len(coords)):  # the stored JPEG decodes to exactly what OpenSlide reads there
+        x, y = (int(v) for v in coords[i])
+        np.testing.assert_array_equal(tiles[i], np.asarray(rgba_to_rgb(s.read_region((x, y), 0, (256, 256)))))
+    re = tile_slide(slide, mask, tmp_path / "r.zarr", TileParams(target_mpp=0.5, tile_size=256, min_tissue=0.3,
+                                                                  copy_jpeg=False), "s", progress=False)
+    assert re["tiles_copied"] == 0
+    assert np.abs(_tiles(tmp_path / "r.zarr")[0].astype(float) - tiles).mean() < 2
+    assert isinstance(imagecodecs.jpeg_decode(_first_shard_chunk(tmp_path / "t.zarr")), np.ndarray)
+
+
+def _first_shard_chunk(store):
+    """The first chunk's bytes in shard 0, found through the shard index (a standalone JPEG)."""
+    data = (store / "tiles" / "c" / "0" / "0" / "0" / "0").read_bytes()
+    n = zarr.open_group(str(store), mode="r")["tiles"].metadata.chunk_grid.chunk_shape[0]
+    index = np.frombuffer(data[-(16 * n + 4) : -4], "<u8").reshape(n, 2)
+    return data[index[0, 0] : index[0, 0] + index[0, 1]]
+
+
+def test_threads_give_the_same_store(small_slide, tmp_path):
+    slide, _ = small_slide
+    mask = _masked(slide, tmp_path)
+    params = TileParams(target_mpp=0.75, tile_size=24, shard_tiles=16)
+    one = tile_slide(slide, mask, tmp_path / "1.zarr", params, "s", progress=False, threads=1)
+    two = tile_slide(slide, mask, tmp_path / "2.zarr", params, "s", progress=False, threads=2)
+    assert one == two and one["n_tiles"] > 4 * 16
+    files = lambda p: {str(f.relative_to(p)): f.read_bytes() for f in sorted(p.rglob("*")) if f.is_file()}  # noqa: E731
+    assert files(tmp_path / "1.zarr") == files(tmp_path / "2.zarr")
+
+
+def test_shard_writer_writes_what_zarr_writes(tmp_path):
+    """write_tile_shard's files are byte-identical to zarr's own sharded write of the same tiles."""
+    import imagecodecs
+
+    from slidemil.store import create_tile_arrays, write_tile_shard
+
+    rng = np.random.default_rng(0)
+    tiles = rng.integers(0, 200, (21, 16, 16, 3), dtype=np.uint8)  # 2 full shards of 8 and a partial one
+    ga = zarr.open_group(str(tmp_path / "a.zarr"), mode="w", zarr_format=3)
+    gb = zarr.open_group(str(tmp_path / "b.zarr"), mode="w", zarr_format=3)
+    a = create_tile_arrays(ga, len(tiles), 16, 8, 90)
+    b = create_tile_arrays(gb, len(tiles), 16, 8, 90)
+    a[:] = tiles
+    for k in range(3):
+        write_tile_shard(b, k, [imagecodecs.jpeg_encode(t, level=90) for t in tiles[8 * k : 8 * k + 8]])
+    files = lambda p: {str(f.relative_to(p)): f.read_bytes() for f in sorted(p.rglob("*")) if f.is_file()}  # noqa: E731
+    assert files(tmp_path / "a.zarr") == files(tmp_path / "b.zarr")
+    np.testing.assert_array_equal(a[:], b[:])
+    with pytest.raises(ValueError):
+        write_tile_shard(b, 2, [b""] * 6)  # past the end of the array
+
+
+def test_decoded_source_tiles_are_evicted_as_the_pass_moves_down(small_slide, tmp_path, monkeypatch):
+    """Memory is about a row of source tiles, not the slide: the decode cache never holds much more."""
+    from slidemil.slide import open_tiled_jpeg_level, plan_read
+
+    slide, _ = small_slide
+    s = open_slide(slide)
+    lv = open_tiled_jpeg_level(slide, s, 0)
+    plan = plan_read(s.level_downsamples, 0.5, 0.5)
+    grid, coords = select_tiles(s.dimensions, 24.0, np.ones((8, 12), bool), 128.0, 0.5)  # every cell
+    peak = 0
+    real_get = tiling._Regions.get
+
+    def get(self, *a):
+        nonlocal peak
+        peak = max(peak, len(self.cache))
+        return real_get(self, *a)
+
+    monkeypatch.setattr(tiling._Regions, "get", get)
+    n = sum(1 for _ in tiling.read_tiles(lv, plan, grid, coords, 24, 16))
+    assert n == len(grid) and lv.n_cols * lv.n_rows == 24
+    assert peak <= 2 * lv.n_cols  # the row being cut and the row below it at most
+
+
+def test_corrupt_jpeg_tile_is_a_one_line_slide_error(small_slide, tmp_path):
+    import shutil
+
+    from slidemil.slide import SlideError, open_tiled_jpeg_level
+
+    slide, _ = small_slide
+    bad = tmp_path / "bad.tiff"
+    shutil.copy(slide, bad)
+    lv = open_tiled_jpeg_level(bad, open_slide(bad), 0)
+    off, n = int(lv.offsets[1, 2]), int(lv.counts[1, 2])
+    with open(bad, "r+b") as f:  # garbage over the middle of one tile's entropy-coded data
+        f.seek(off + 20)
+        f.write(b"\xff\x00\xff\xd9" * ((n - 40) // 4))
+    mask = _masked(slide, tmp_path)
+    with pytest.raises(SlideError) as e:
+        tile_slide(bad, mask, tmp_path / "t.zarr", TileParams(target_mpp=0.5, tile_size=64, min_tissue=0.0),
+                   "bad", progress=False)
+    assert str(bad) in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "t.zarr").exists()
+
+
+def test_vendor_formats_fall_back_to_openslide(tmp_path):
+    """JPEG 2000 SVS and DICOM are read through OpenSlide."""
+    path = shared_slide("tcga-cr-7395-01a-01-ts1.svs")
+    mask_slide(path, tmp_path / "m.png", tmp_path / "qc.png", TissueParams(), mpp_override=0.25)
+    attrs = tile_slide(path, tmp_path / "m.png", tmp_path / "t.zarr", TileParams(target_mpp=2.0, tile_size=32),
+                       "tcga", mpp_override=0.25, progress=False)
+    assert attrs["reader"] == "openslide" and attrs["n_tiles"] > 50
+    dcm = shared_slide("multiframe_camelyon_challenge_image.dcm")
+    mask_slide(dcm, tmp_path / "d.png", tmp_path / "dqc.png", TissueParams())
+    attrs = tile_slide(dcm, tmp_path / "d.png", tmp_path / "d.zarr", TileParams(target_mpp=58.0, tile_size=16,
+                                                                               min_tissue=0.2), "dcm", progress=False)
+    assert attrs["reader"] == "openslide" and attrs["n_tiles"] > 5 and attrs["level"] == 0
+    tiles, _, _ = _tiles(tmp_path / "d.zarr")
+    assert tiles.mean() < 235
+
+
+def test_aperio_rgb_coded_tiles_are_copied_and_scaled_right(tmp_path):
+    """Aperio's RGB-coded JPEG tiles (photometric RGB, no JFIF) made standalone keep their colours."""
+    from PIL import Image
+
+    path = shared_slide("CMU-1-Small-Region.svs")
+    mask_slide(path, tmp_path / "m.png", tmp_path / "qc.png", TissueParams())
+    from slidemil.slide import slide_mpp
+
+    mpp = slide_mpp(open_slide(path), path)  # 0.499: 240 px tiles at exactly the scan's mpp are its tiles
+    attrs = tile_slide(path, tmp_path / "m.png", tmp_path / "t.zarr",
+                       TileParams(target_mpp=mpp, tile_size=240, min_tissue=0.3), "cmu", progress=False)
+    tiles, coords, _ = _tiles(tmp_path / "t.zarr")
+    assert attrs["reader"] == "tiff-jpeg" and attrs["n_tiles"] > 10 and attrs["tiles_copied"] == attrs["n_tiles"]
+    s = open_slide(path)
+    for i in (0, len(coords) // 2, len(coords) - 1):
+        x, y = (int(v) for v in coords[i])
+        np.testing.assert_array_equal(tiles[i], np.asarray(rgba_to_rgb(s.read_region((x, y), 0, (240, 240)))))
+    attrs = tile_slide(path, tmp_path / "m.png", tmp_path / "h.zarr", TileParams(target_mpp=1.0, tile_size=112),
+                       "cmu", progress=False)
+    tiles, coords, _ = _tiles(tmp_path / "h.zarr")
+    assert attrs["decode_denom"] == 2 and attrs["resample_scale"] == 1.0
+    ref = [rgba_to_rgb(s.read_region((int(x), int(y)), 0, (224, 224))).resize((112, 112), Image.Resampling.BOX)
+           for x, y in coords]
+    assert np.abs(np.stack(ref).astype(float) - tiles).mean() < 15  # misread colours would be ~50
+
+
+@pytest.mark.parametrize("name", ["small", "CMU-1-Small-Region.svs"])
+def test_decoders_agree_with_and_without_simplejpeg(small_slide, monkeypatch, name):
+    """simplejpeg is optional: imagecodecs (full scale) and Pillow's draft mode (DCT scaling) decode
+    the same pixels without it."""
+    import slidemil.slide as slide_mod
+    from slidemil.slide import open_tiled_jpeg_level
+
+    path = small_slide[0] if name == "small" else shared_slide(name)
+    lv = open_tiled_jpeg_level(path, open_slide(path), 0)
+    with_sj = {d: lv.decode(1, 1, d) for d in (1, 2, 4)}
+    monkeypatch.setattr(slide_mod, "_simplejpeg", None)
+    for d, want in with_sj.items():
+        np.testing.assert_array_equal(lv.decode(1, 1, d), want)

@@ -80,6 +80,9 @@ def test_end_to_end_benchmark(finished_run):
     qc = pd.read_csv(finished_run / "results" / "qc" / "cohort.tsv", sep="\t")
     assert len(qc) == 8 and (qc["n_tiles"] > 0).all()
     assert (finished_run / "results" / "roc.png").stat().st_size > 0
+    inst = pd.read_csv(finished_run / "results" / "heatmaps" / "resnet18_rand" / "abmil" / "instance_metrics.csv")
+    assert len(inst) == 8 and inst.loc[inst["label"] == "tumour", "instance_auc"].notna().any()
+    assert len(list((finished_run / "results" / "heatmaps" / "resnet18_rand" / "abmil").glob("*.png"))) == 8
     for rule in ("mask", "tile", "graph", "embed", "mil"):
         assert list((finished_run / "logs" / rule).rglob("*.log")), f"no logs for {rule}"
     assert "tile" in (finished_run / "logs" / "tile" / "t1.log").read_text()  # tqdm/logging reached the log
@@ -89,7 +92,7 @@ def test_end_to_end_benchmark(finished_run):
 def test_rerun_plans_only_changed_stages(finished_run):
     assert planned_rules(finished_run) == set()  # complete: nothing to do
     _tiny_config(finished_run, **{"mil.lr": 0.001})
-    assert planned_rules(finished_run) == {"mil", "evaluate", "all"}
+    assert planned_rules(finished_run) == {"mil", "evaluate", "heatmaps", "all"}
     _tiny_config(finished_run, **{"tile.tile_size": 48})
     planned = planned_rules(finished_run)
     assert {"tile", "graph", "embed", "mil", "evaluate", "qc_cohort"} <= planned

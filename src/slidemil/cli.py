@@ -7,6 +7,7 @@ Errors that users can fix (a bad slide, a bad sheet) print one line and exit 1.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -34,11 +35,20 @@ def cmd_demo_slide(a: argparse.Namespace) -> None:
 
 
 def cmd_mask(a: argparse.Namespace) -> None:
+    from slidemil.failures import failure_reason, report_failure, slide_read_errors, write_failed_mask
     from slidemil.tissue import TissueParams, mask_slide
 
     p = _json(a.params)
-    meta = mask_slide(a.slide, a.out, a.qc, TissueParams(**_fields(TissueParams, p)),
-                      mask_mpp=p.get("mask_mpp", 8.0), mpp_override=a.mpp)
+    try:
+        meta = mask_slide(a.slide, a.out, a.qc, TissueParams(**_fields(TissueParams, p)),
+                          mask_mpp=p.get("mask_mpp", 8.0), mpp_override=a.mpp)
+    except slide_read_errors() as e:  # a slide problem, not a bug: one line, then outputs flagged failed
+        reason = failure_reason(e, a.slide)
+        report_failure(a.slide_id, reason, a.on_slide_error)
+        write_failed_mask(a.out, a.qc, a.slide_id, reason, a.slide)
+        return
+    if meta["status"] == "empty":
+        logging.warning("%s: no tissue found; its tile store will be empty and MIL will skip it", a.slide_id)
     logging.info("%s: tissue %.1f%% of the slide, %.2f mm2", a.slide_id, 100 * meta["tissue_fraction"],
                  meta["tissue_area_mm2"])
 
@@ -47,11 +57,33 @@ def cmd_tile(a: argparse.Namespace) -> None:
     import numpy as np
     from PIL import Image
 
+    from slidemil.failures import (failure_picture, failure_reason, report_failure, slide_read_errors,
+                                   write_failed_store)
     from slidemil.tiling import TileParams, load_mask, tile_boxes_in_mask, tile_slide
     from slidemil.tissue import overlay
 
     params = TileParams(**_fields(TileParams, _json(a.params)))
-    attrs = tile_slide(a.slide, a.mask, a.out, params, a.slide_id, a.mpp)
+    mask_meta = json.loads(Path(a.mask).with_suffix(".json").read_text())
+    trace = {"source_path": str(a.slide), "target_mpp": params.target_mpp, "stride": params.tile_size,
+             "params": dataclasses.asdict(params)}
+    reason = None
+    if mask_meta.get("status") == "failed":
+        reason = mask_meta.get("reason", "the mask stage failed")
+        if a.on_slide_error == "fail":
+            report_failure(a.slide_id, reason, a.on_slide_error)
+        logging.warning("%s: not tiled, the mask stage failed (%s); writing an empty store flagged 'failed'",
+                        a.slide_id, reason)
+    else:
+        try:
+            attrs = tile_slide(a.slide, a.mask, a.out, params, a.slide_id, a.mpp, threads=a.threads)
+        except slide_read_errors() as e:
+            reason = failure_reason(e, a.slide)
+            report_failure(a.slide_id, reason, a.on_slide_error)
+    if reason is not None:
+        write_failed_store(a.out, a.slide_id, reason, params.tile_size, trace)
+        Path(a.qc).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(failure_picture(a.slide_id, reason)).save(a.qc)
+        return
     # QC: thumbnail-sized mask overlay with the kept tiles outlined
     import zarr
 
@@ -84,15 +116,29 @@ def cmd_embed(a: argparse.Namespace) -> None:
 
 
 def cmd_qc(a: argparse.Namespace) -> None:
-    from slidemil.qc import cohort_table
+    from slidemil.qc import cohort_plot, cohort_table
 
     table = cohort_table(a.tiles, a.masks)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(a.out, sep="\t", index=False)
-    flagged = table[table["flags"] != ""]
-    for _, r in flagged.iterrows():
-        logging.warning("%s: %s", r["slide_id"], r["flags"])
-    logging.info("%d slides, %d tiles, %d flagged", len(table), table["n_tiles"].sum(), len(flagged))
+    tmp = Path(a.out).with_name(Path(a.out).name + ".part")
+    table.to_csv(tmp, sep="\t", index=False)
+    if a.plot:
+        cohort_plot(table, a.plot)
+    tmp.replace(a.out)
+    for _, r in table.iterrows():  # one line per slide that MIL will skip, or that carries a flag
+        if r["status"] != "ok":
+            logging.warning("%s: %s (%s)", r["slide_id"], r["status"], r["reason"])
+        elif r["flags"]:
+            logging.warning("%s: %s", r["slide_id"], r["flags"])
+    counts = table["status"].value_counts()
+    logging.info("%d slides (%d ok, %d empty, %d failed), %d tiles, %d flagged", len(table), counts.get("ok", 0),
+                 counts.get("empty", 0), counts.get("failed", 0), table["n_tiles"].sum(), (table["flags"] != "").sum())
+
+
+def cmd_export_h5(a: argparse.Namespace) -> None:
+    from slidemil.export import export_h5
+
+    export_h5(a.tiles, a.out, a.features)
 
 
 def cmd_folds(a: argparse.Namespace) -> None:
@@ -107,6 +153,15 @@ def cmd_folds(a: argparse.Namespace) -> None:
                                    "column is missing or has blanks; fill it (train/val/test) or set it false")
     else:
         samples = samples.drop(columns=["split"], errors="ignore")
+    if a.qc:  # slides that failed or have no tissue would only take fold places and be skipped by MIL
+        import pandas as pd
+
+        qc = pd.read_csv(a.qc, sep="\t", dtype={"slide_id": str}, keep_default_na=False)
+        unusable = set(qc.loc[qc["status"] != "ok", "slide_id"])
+        for sid in sorted(unusable & set(samples["slide_id"])):
+            logging.warning("%s: left out of the folds (QC status %s)", sid,
+                            qc.loc[qc["slide_id"] == sid, "status"].iloc[0])
+        samples = samples[~samples["slide_id"].isin(unusable)]
     table = fold_table(samples, p.get("n_folds", 5), a.seed, p.get("val_fraction", 0.2))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(a.out, index=False)
@@ -138,6 +193,17 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     write_benchmark(runs, json.loads(a.classes), a.out, a.plot, n_boot=a.bootstrap, seed=a.seed)
 
 
+def cmd_heatmaps(a: argparse.Namespace) -> None:
+    from slidemil.heatmaps import heatmaps_for_model
+    from slidemil.samples import read_sheet
+
+    samples = read_sheet(a.samples).set_index("slide_id", drop=False)
+    table = heatmaps_for_model(a.folds, a.features_dir, samples, _json(a.annotations), a.out_dir)
+    if table["instance_auc"].notna().any():
+        logging.info("instance AUC (annotated test slides): mean %.3f over %d slides",
+                     table["instance_auc"].mean(), table["instance_auc"].notna().sum())
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="slidemil", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -164,9 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--params", default="{}")
         p.add_argument("--out", required=True)
         p.add_argument("--qc", required=True, help="QC PNG to write")
+        p.add_argument("--on-slide-error", choices=("skip", "fail"), default="fail",
+                       help="skip: log one ERROR line and write outputs flagged failed (exit 0); fail: exit 1")
         if name == "tile":
             p.add_argument("--mask", required=True)
             p.add_argument("--mask-qc", required=True, help="the mask stage's QC PNG (background picture)")
+            p.add_argument("--threads", type=int, default=1, help="shards tiled in parallel (the rule's threads)")
 
     p = add("graph", cmd_graph, "neighbour graph of one tile store")
     p.add_argument("--tiles", required=True)
@@ -184,9 +253,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tiles", nargs="+", required=True)
     p.add_argument("--masks", nargs="+", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--plot", default=None, help="cohort QC plot (PNG): tiles per slide coloured by status")
+    p = add("export-h5", cmd_export_h5, "CLAM/TRIDENT-style HDF5 (coords [+ features]) of one tile store")
+    p.add_argument("--tiles", required=True)
+    p.add_argument("--features", default=None, help="feature store of the same slide to include")
+    p.add_argument("--out", required=True)
     p = add("folds", cmd_folds, "patient-level stratified folds (or the official split)")
     p.add_argument("--samples", required=True)
     p.add_argument("--params", default="{}", help="JSON of config `evaluate`")
+    p.add_argument("--qc", default=None, help="cohort QC table: slides whose status is not ok get no fold")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
 
@@ -202,6 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out-dir", required=True)
 
+    p = add("heatmaps", cmd_heatmaps, "attention heatmaps of test slides + instance AUC vs annotations")
+    p.add_argument("--folds", nargs="+", required=True, help="results/mil/{encoder}/{model}/fold{k} dirs")
+    p.add_argument("--features-dir", required=True)
+    p.add_argument("--samples", required=True)
+    p.add_argument("--annotations", default="{}", help="JSON slide_id -> annotation file")
+    p.add_argument("--out-dir", required=True)
+
     p = add("evaluate", cmd_evaluate, "benchmark table and ROC plot from MIL predictions")
     p.add_argument("--predictions", nargs="+", required=True)
     p.add_argument("--classes", required=True, help="JSON list of class names")
@@ -213,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from slidemil.failures import SlideFailure
     from slidemil.samples import SampleSheetError
     from slidemil.slide import SlideError
 
@@ -220,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
+    except SlideFailure:  # its one-line ERROR is logged already
+        return 1
     except (SlideError, SampleSheetError, FileNotFoundError) as e:
         print(f"slidemil {args.cmd}: error: {e}", file=sys.stderr)
         return 1

@@ -134,7 +134,11 @@ def embed_slide(tiles_path: str | Path, out: str | Path, spec: EncoderSpec, seed
     bar.close()
     attrs = {"encoder": spec.name, "arch": spec.arch, "weights": spec.weights, "input_size": spec.input_size,
              "depth": spec.depth, "seed": seed, "tiles_store": str(tiles_path),
-             "slide_id": g.attrs.get("slide_id"), "status": g.attrs.get("status", "ok")}
+             "slide_id": g.attrs.get("slide_id"), "status": g.attrs.get("status", "ok" if n else "empty"),
+             "reason": g.attrs.get("reason", "")}
+    if n == 0:  # a failed or tissue-free slide: an empty feature store that MIL skips, never a crash
+        log.warning("%s: no tiles (tile store %s%s): writing an empty feature store", attrs["slide_id"],
+                    attrs["status"], f": {attrs['reason']}" if attrs["reason"] else "")
     write_features(out, feats, g["coords"][:], g["grid"][:], attrs)
     log.info("%s: %d tiles embedded to %d-d with %s on %s", attrs["slide_id"], n, dim, spec.name, dev)
     return n

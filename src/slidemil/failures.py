@@ -128,3 +128,14 @@ def store_status(attrs: dict[str, Any]) -> tuple[str, str]:
     n = attrs.get("n_tiles")
     status = attrs.get("status") or (EMPTY if n == 0 else OK)
     return status, attrs.get("reason") or ""
+
+
+class SlideFailure(Exception):
+    """A slide failed and its one-line ERROR was already logged; the CLI exits 1 without more."""
+
+
+def report_failure(slide_id: str, reason: str, on_error: str) -> None:
+    """Log `ERROR <slide_id>: <reason>` (one line); with on_error='fail' raise SlideFailure."""
+    logging.getLogger("slidemil").error("%s: %s", slide_id, reason)
+    if on_error == "fail":
+        raise SlideFailure(reason)

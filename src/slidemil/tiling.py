@@ -3,6 +3,16 @@
 The grid has its origin at level-0 (0, 0) and a step of one tile at the target mpp, so grid
 position (col, row) means the same place for every tissue piece of the slide (neighbour graphs
 rely on that). Only whole tiles inside the slide are used.
+
+Speed (benchmarks/tiling.py, one core): for tiled JPEG TIFF and Aperio SVS the level's JPEG tiles
+are read and decoded directly (slide.TiledJpegLevel), not through OpenSlide's read_region; a
+target a power of two coarser than the level is decoded at that scale by libjpeg's scaled IDCT (no
+resampling: 20x from a 40x scan costs about the JPEG decode of the 40x tiles); a tile that is
+exactly one source tile is stored as that JPEG (no decode, no re-encode); every other tile is
+encoded once, and shards are written whole by store.write_tile_shard (zarr's per-chunk pipeline
+cost more than the encoding). Other formats (JPEG 2000 SVS, NDPI, MRXS, DICOM, ...) go through
+OpenSlide, a strip of tiles per call. `threads` shards are tiled in parallel; the store does not
+depend on it.
 """
 
 from __future__ import annotations
@@ -17,8 +27,9 @@ import numpy as np
 import zarr
 
 from slidemil import __version__
-from slidemil.slide import ReadPlan, SlideError, open_slide, plan_read, rgba_to_rgb, slide_mpp
-from slidemil.store import atomic_dir, create_tile_arrays, write_index_arrays
+from slidemil.slide import (MPP_TOLERANCE, ReadPlan, SlideError, TiledJpegLevel, open_slide, open_tiled_jpeg_level,
+                            plan_read, rgba_to_rgb, slide_mpp)
+from slidemil.store import atomic_dir, create_tile_arrays, write_index_arrays, write_tile_shard
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +41,9 @@ class TileParams:
     min_tissue: float = 0.5  # keep a tile when this fraction of it is tissue
     jpeg_quality: int = 90  # JPEG quality of stored tiles
     shard_tiles: int = 256  # tiles per shard file
-    strip_tiles: int = 32  # tiles read per OpenSlide call (bounds memory)
+    strip_tiles: int = 32  # adjacent tiles read (and resampled) per call (bounds memory)
     allow_upsample: bool = False  # permit target_mpp finer than the scan
+    copy_jpeg: bool = True  # store a tile that is exactly one source JPEG tile as that JPEG (no re-encode)
 
 
 def tile_fractions(mask: np.ndarray, mask_downsample: float, step0: float, n_cols: int, n_rows: int) -> np.ndarray:
@@ -44,10 +56,15 @@ def tile_fractions(mask: np.ndarray, mask_downsample: float, step0: float, n_col
     cy = ((np.arange(mh) + 0.5) * mask_downsample / step0).astype(np.int64)
     cx = ((np.arange(mw) + 0.5) * mask_downsample / step0).astype(np.int64)
     ok_y, ok_x = cy < n_rows, cx < n_cols
-    m = mask[np.ix_(ok_y, ok_x)].astype(np.float64)
-    idx = (cy[ok_y][:, None] * n_cols + cx[ok_x][None, :]).ravel()
-    total = np.bincount(idx, weights=m.ravel(), minlength=n_rows * n_cols)
-    count = np.bincount(idx, minlength=n_rows * n_cols).astype(np.float64)
+    cy, cx, rows = cy[ok_y], cx[ok_x], np.nonzero(ok_y)[0]
+    total = np.zeros(n_rows * n_cols)
+    count = np.zeros(n_rows * n_cols)
+    chunk = max(1, 2**20 // max(1, len(cx)))  # mask rows per pass: ~30 MB whatever the mask size
+    for k in range(0, len(rows), chunk):
+        m = mask[rows[k : k + chunk]][:, ok_x]
+        idx = (cy[k : k + chunk, None] * n_cols + cx[None, :]).ravel()
+        total += np.bincount(idx, weights=m.ravel().astype(np.float64), minlength=n_rows * n_cols)
+        count += np.bincount(idx, minlength=n_rows * n_cols)
     frac = np.divide(total, count, out=np.zeros_like(total), where=count > 0).reshape(n_rows, n_cols)
     empty = (count == 0).reshape(n_rows, n_cols)
     if empty.any():
@@ -83,23 +100,145 @@ def _runs(grid: np.ndarray, max_len: int) -> list[tuple[int, int]]:
     return runs
 
 
-def read_tiles(slide, plan: ReadPlan, grid: np.ndarray, coords: np.ndarray, tile_size: int,
-               strip_tiles: int):
-    """Yield (index, tile uint8 [T,T,3]) in order, reading a strip of tiles per OpenSlide call."""
-    from PIL import Image
+def _resize(strip: np.ndarray, scale: float) -> np.ndarray:
+    """Resample a uint8 RGB strip by `scale` with an antialiased linear kernel (libvips, pixel centres
+    aligned: output edge e sits at input edge e / scale)."""
+    import pyvips
 
-    step_level = tile_size * plan.target_downsample / plan.level_downsample  # tile edge at the level
-    side = int(math.ceil(step_level))
+    h, w, _ = strip.shape
+    img = pyvips.Image.new_from_memory(np.ascontiguousarray(strip).data, w, h, 3, "uchar")
+    out = img.resize(scale, kernel="linear")
+    return np.ndarray(buffer=out.write_to_memory(), dtype=np.uint8, shape=(out.height, out.width, 3))
+
+
+class _Regions:
+    """Pixels of one level at 1/denom scale, in that scale's px; white outside the level.
+
+    For a TiledJpegLevel, source tiles are decoded once each and kept only while a later tile of
+    the same pass can still need them (tiles come in row-major order), so memory stays at about
+    one row of source tiles whatever the slide size.
+    """
+
+    def __init__(self, slide, level: int, denom: int):
+        self.slide, self.level, self.denom = slide, level, denom
+        self.jpeg = isinstance(slide, TiledJpegLevel)
+        self.cache: dict[tuple[int, int], np.ndarray] = {}
+        if self.jpeg:
+            self.tw, self.th = slide.tile_w // denom, slide.tile_h // denom
+            self.w, self.h = slide.width // denom, slide.height // denom
+
+    def evict(self, top: int, left: int, keep_below: int) -> None:
+        """Drop tiles above row `top`, and tiles left of `left` that end above `keep_below`."""
+        th, tw = self.th, self.tw
+        for k in [k for k in self.cache if (k[1] + 1) * th <= top or ((k[0] + 1) * tw <= left
+                                                                       and (k[1] + 1) * th <= keep_below)]:
+            del self.cache[k]
+
+    def get(self, x0: int, y0: int, w: int, h: int) -> np.ndarray:
+        if not self.jpeg:  # OpenSlide: level px -> level-0 coordinates of the top-left corner
+            ds = self.slide.level_downsamples[self.level]
+            region = self.slide.read_region((int(round(x0 * ds)), int(round(y0 * ds))), self.level, (w, h))
+            return np.asarray(rgba_to_rgb(region))
+        tw, th = self.tw, self.th
+        xa, ya, xb, yb = max(x0, 0), max(y0, 0), min(x0 + w, self.w), min(y0 + h, self.h)
+        tx, ty = x0 // tw, y0 // th
+        if (xa, ya, xb, yb) == (x0, y0, x0 + w, y0 + h) and (x0 + w - 1) // tw == tx and (y0 + h - 1) // th == ty:
+            tile = self.cache.get((tx, ty))  # inside one source tile: a view, no copy
+            if tile is None:
+                tile = self.cache[(tx, ty)] = self.slide.decode(tx, ty, self.denom)
+            return tile[y0 - ty * th : y0 - ty * th + h, x0 - tx * tw : x0 - tx * tw + w]
+        out = np.full((h, w, 3), 255, np.uint8)
+        for ty in range(ya // th, (yb - 1) // th + 1) if yb > ya else ():
+            for tx in range(xa // tw, (xb - 1) // tw + 1) if xb > xa else ():
+                tile = self.cache.get((tx, ty))
+                if tile is None:
+                    tile = self.cache[(tx, ty)] = self.slide.decode(tx, ty, self.denom)
+                sx, sy = max(xa, tx * tw), max(ya, ty * th)
+                ex, ey = min(xb, (tx + 1) * tw), min(yb, (ty + 1) * th)
+                piece = tile[sy - ty * th : ey - ty * th, sx - tx * tw : ex - tx * tw]
+                out[sy - y0 : ey - y0, sx - x0 : ex - x0] = piece
+        return out
+
+
+def read_geometry(slide, plan: ReadPlan) -> tuple[int, float, bool]:
+    """How tiles are cut from `plan.level`: (denom, scale, as_is).
+
+    Pixels are decoded at 1/denom of the level (libjpeg's DCT scaling, TiledJpegLevel only) and then
+    resampled by `scale` (decoded px -> tile px) unless `as_is`: like `plan_read`, a decoded scale
+    within MPP_TOLERANCE of the target is used as it is rather than resampled (a 0.2527 mpp scan is
+    read at "0.5 mpp" by halving it, not by halving and then shrinking 1.1%).
+    """
+    ratio = plan.target_downsample / plan.level_downsample  # level px per tile px
+    denom = 1
+    if isinstance(slide, TiledJpegLevel) and slide.standalone:
+        while (denom < 8 and ratio / (2 * denom) >= 1 / (1 + MPP_TOLERANCE)
+               and slide.tile_w % (2 * denom) == 0 and slide.tile_h % (2 * denom) == 0):
+            denom *= 2
+    scale = denom / ratio
+    as_is = abs(scale - 1) <= MPP_TOLERANCE
+    return denom, (1.0 if as_is else scale), as_is
+
+
+def read_tiles(slide, plan: ReadPlan, grid: np.ndarray, coords: np.ndarray, tile_size: int,
+               strip_tiles: int, copy_jpeg: bool = True):
+    """Yield (index, tile) in order: tile is uint8 [T,T,3], or a source tile's JPEG bytes to store as-is.
+
+    `slide` is an OpenSlide or a TiledJpegLevel for `plan.level` (the TIFF's JPEG tiles decoded
+    directly). A run of up to `strip_tiles` adjacent tiles on one grid row is read as one strip and,
+    when the level does not match the target, resampled as a whole (libvips, antialiased linear
+    kernel), then cut into tiles. With `copy_jpeg`, a tile that is exactly one source JPEG tile is
+    passed on as that JPEG's bytes (no decode, no re-encode, no second generation loss).
+    """
+    ds = plan.level_downsample
+    denom, scale, as_is = read_geometry(slide, plan)
+    jpeg = isinstance(slide, TiledJpegLevel)
+    regions = _Regions(slide, plan.level, denom)
+    copy = (jpeg and copy_jpeg and as_is and denom == 1 and slide.standalone
+            and slide.tile_w == slide.tile_h == tile_size)
+    span = tile_size if as_is else tile_size / scale  # tile edge, decoded px
+    stride = tile_size * plan.target_downsample / ds / denom  # grid step, decoded px (= span unless as-is)
+    margin = 0 if as_is else 3  # resampling kernel support, decoded px
     for a, b in _runs(grid, strip_tiles):
-        x0, y0 = int(coords[a, 0]), int(coords[a, 1])
-        width = int(math.ceil((coords[b - 1, 0] - x0) / plan.level_downsample)) + side
-        strip = rgba_to_rgb(slide.read_region((x0, y0), plan.level, (width, side)))
-        for i in range(a, b):
-            off = int(round((coords[i, 0] - x0) / plan.level_downsample))
-            tile = strip.crop((off, 0, off + side, side))
-            if side != tile_size:
-                tile = tile.resize((tile_size, tile_size), Image.Resampling.BILINEAR, reducing_gap=2.0)
-            yield i, np.asarray(tile)
+        ux = coords[a:b, 0] / ds / denom  # tile origins, decoded px
+        uy = coords[a, 1] / ds / denom
+        if as_is:
+            ox = np.round(ux).astype(np.int64)
+            oy = int(round(uy))
+            x0, y0, x1, y1 = int(ox[0]), oy, int(ox[-1]) + tile_size, oy + tile_size
+        else:
+            x0, y0 = math.floor(ux[0]) - margin, math.floor(uy) - margin
+            x1, y1 = math.ceil(ux[-1] + span) + margin, math.ceil(uy + span) + margin
+        if jpeg:  # forget source tiles that no later tile of this pass can need
+            regions.evict(y0, x0, math.floor(uy + stride) - margin - 1)
+        out: dict[int, bytes] = {}
+        if copy:
+            ty, ry = divmod(oy, tile_size)
+            for i, x in zip(range(a, b), ox.tolist()):
+                tx, rx = divmod(x, tile_size)
+                if rx == 0 and ry == 0 and x + tile_size <= slide.width and oy + tile_size <= slide.height:
+                    data = slide.jpeg(tx, ty)
+                    if data is not None:
+                        out[i] = data
+            if len(out) == b - a:
+                yield from out.items()
+                continue
+        if as_is and jpeg:  # tile by tile: one that lies inside a source tile is a view of it
+            for i, x in zip(range(a, b), ox.tolist()):
+                yield i, out[i] if i in out else regions.get(x, oy, tile_size, tile_size)
+            continue
+        strip = regions.get(x0, y0, x1 - x0, y1 - y0)  # OpenSlide: one call per run
+        if as_is:
+            sx, sy = ox - x0, 0
+        else:
+            strip = _resize(strip, scale)
+            sx = np.round((ux - x0) * scale).astype(np.int64)  # tile origins in the resampled strip
+            sy = int(round((uy - y0) * scale))
+            need_h, need_w = sy + tile_size, int(sx[-1]) + tile_size
+            if strip.shape[0] < need_h or strip.shape[1] < need_w:  # rounding at the far edge
+                strip = np.pad(strip, ((0, max(0, need_h - strip.shape[0])), (0, max(0, need_w - strip.shape[1])),
+                                       (0, 0)), mode="edge")
+        for i, x in zip(range(a, b), sx.tolist()):
+            yield i, out[i] if i in out else strip[sy : sy + tile_size, x : x + tile_size]
 
 
 def load_mask(mask_png: str | Path) -> tuple[np.ndarray, dict]:
@@ -111,9 +250,30 @@ def load_mask(mask_png: str | Path) -> tuple[np.ndarray, dict]:
     return np.asarray(Image.open(mask_png)) > 0, meta
 
 
+def _encode_tiles(slide, plan: ReadPlan, grid: np.ndarray, coords: np.ndarray,
+                  params: TileParams) -> tuple[list[bytes], int]:
+    """JPEG bytes of the given tiles, in order, and how many of them are copied source tiles."""
+    import imagecodecs
+
+    jpegs: list[bytes] = [b""] * len(grid)
+    copied = 0
+    for i, tile in read_tiles(slide, plan, grid, coords, params.tile_size, params.strip_tiles, params.copy_jpeg):
+        if isinstance(tile, bytes):
+            jpegs[i], copied = tile, copied + 1
+        else:  # the same call as JpegCodec's encoder, so the bytes do not depend on the path
+            jpegs[i] = imagecodecs.jpeg_encode(tile, level=params.jpeg_quality)
+    return jpegs, copied
+
+
 def tile_slide(slide_path: str | Path, mask_png: str | Path, out: str | Path, params: TileParams,
-               slide_id: str, mpp_override: float | None = None, progress: bool = True) -> dict:
-    """Tile one slide into `out` (a Zarr v3 group), atomically. Returns the store's attrs."""
+               slide_id: str, mpp_override: float | None = None, progress: bool = True, threads: int = 1) -> dict:
+    """Tile one slide into `out` (a Zarr v3 group), atomically. Returns the store's attrs.
+
+    Shards are filled one at a time (`threads` of them in parallel) and written whole, so memory is
+    bounded by a few shards and a row of source tiles, not by the slide. The store is the same
+    whatever `threads` is.
+    """
+    import pyvips
     from tqdm import tqdm
 
     slide_path = Path(slide_path)
@@ -123,6 +283,8 @@ def tile_slide(slide_path: str | Path, mask_png: str | Path, out: str | Path, pa
     plan = plan_read(slide.level_downsamples, mpp, params.target_mpp, slide_path, params.allow_upsample)
     step0 = params.tile_size * plan.target_downsample
     grid, coords = select_tiles(slide.dimensions, step0, mask, mask_meta["downsample"], params.min_tissue)
+    reader = open_tiled_jpeg_level(slide_path, slide, plan.level) or slide
+    denom, scale, as_is = read_geometry(reader, plan)
     stat = slide_path.stat()
     attrs = {
         "slide_id": slide_id, "source_path": str(slide_path), "source_size": stat.st_size,
@@ -130,31 +292,76 @@ def tile_slide(slide_path: str | Path, mask_png: str | Path, out: str | Path, pa
         "target_mpp": params.target_mpp, "tile_size": params.tile_size, "stride": params.tile_size,
         "tile_size_level0": step0, "level": plan.level, "level_downsample": plan.level_downsample,
         "resize_scale": plan.scale, "width": slide.dimensions[0], "height": slide.dimensions[1],
-        "n_tiles": len(grid), "status": "ok" if len(grid) else "empty", "params": asdict(params),
-        "slidemil_version": __version__,
+        "reader": "tiff-jpeg" if reader is not slide else "openslide", "decode_denom": denom,
+        "resample_scale": scale, "n_tiles": len(grid), "status": "ok" if len(grid) else "empty",
+        "params": asdict(params), "slidemil_version": __version__,
     }
     if not len(grid):
         log.warning("%s: no tissue tiles (min_tissue=%s); writing an empty store flagged 'empty'",
                     slide_id, params.min_tissue)
-    log.info("%s: %d tiles at %.3f mpp from level %d (downsample %.3f, resize x%.3f)", slide_id,
-             len(grid), params.target_mpp, plan.level, plan.level_downsample, plan.scale)
-    with atomic_dir(out) as tmp:
-        g = zarr.open_group(tmp, mode="w", zarr_format=3)
-        tiles = create_tile_arrays(g, len(grid), params.tile_size, params.shard_tiles, params.jpeg_quality)
-        write_index_arrays(g, coords, grid)
-        buf = np.empty((min(params.shard_tiles, max(len(grid), 1)), params.tile_size, params.tile_size, 3), np.uint8)
-        start = 0
-        bar = tqdm(total=len(grid), desc=f"tile {slide_id}", unit="tile", disable=not progress, mininterval=2)
-        for i, tile in read_tiles(slide, plan, grid, coords, params.tile_size, params.strip_tiles):
-            buf[i - start] = tile
-            if i - start + 1 == len(buf) or i == len(grid) - 1:
-                tiles[start : i + 1] = buf[: i - start + 1]  # whole shards: no read-modify-write
-                start = i + 1
-            bar.update(1)
-        bar.close()
-        g.attrs.update(attrs)
-    slide.close()
+    log.info("%s: %d tiles at %.3f mpp from level %d (downsample %.3f) via %s, decoded at 1/%d, %s", slide_id,
+             len(grid), params.target_mpp, plan.level, plan.level_downsample, attrs["reader"], denom,
+             "read as is" if as_is else f"resampled x{scale:.4f}")
+    n = len(grid)
+    per_shard = max(1, min(params.shard_tiles, n))
+    shards = [(a, min(a + per_shard, n)) for a in range(0, n, per_shard)]
+    vips_cache, vips_threads = pyvips.cache_get_max(), pyvips.concurrency_get()
+    pyvips.cache_set_max(0)  # strips are wrapped, not copied: a cached operation would pin them
+    pyvips.concurrency_set(1)  # parallelism is ours (threads), not libvips'
+    copied = 0
+    try:
+        with atomic_dir(out) as tmp:
+            g = zarr.open_group(tmp, mode="w", zarr_format=3)
+            tiles = create_tile_arrays(g, n, params.tile_size, params.shard_tiles, params.jpeg_quality)
+            write_index_arrays(g, coords, grid)
+            bar = tqdm(total=n, desc=f"tile {slide_id}", unit="tile", disable=not progress, mininterval=2)
+
+            def job(a: int, b: int) -> tuple[list[bytes], int]:
+                return _encode_tiles(reader, plan, grid[a:b], coords[a:b], params)
+
+            if threads <= 1 or len(shards) <= 1:
+                results = (job(a, b) for a, b in shards)
+            else:
+                results = _ordered(job, shards, threads)
+            for k, (jpegs, c) in enumerate(results):
+                write_tile_shard(tiles, k, jpegs)
+                copied += c
+                bar.update(len(jpegs))
+            bar.close()
+            attrs["tiles_copied"] = copied
+            g.update_attributes(attrs)  # one write of zarr.json (attrs.update writes it per key)
+    finally:
+        pyvips.cache_set_max(vips_cache)
+        pyvips.concurrency_set(vips_threads)
+        if reader is not slide:
+            reader.close()
+        slide.close()
     return attrs
+
+
+def _ordered(fn, jobs: list[tuple[int, int]], threads: int):
+    """fn(*job) for each job on `threads` threads, yielded in order, at most 2 x threads in flight."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    ex = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tile")
+    pending: deque = deque()
+    try:
+        it = iter(jobs)
+        for job in it:
+            pending.append(ex.submit(fn, *job))
+            if len(pending) >= 2 * threads:
+                break
+        while pending:
+            result = pending.popleft().result()
+            for job in it:
+                pending.append(ex.submit(fn, *job))
+                break
+            yield result
+    finally:
+        for f in pending:
+            f.cancel()
+        ex.shutdown(wait=True, cancel_futures=True)
 
 
 def tile_boxes_in_mask(coords: np.ndarray, step0: float, mask_downsample: float) -> np.ndarray:

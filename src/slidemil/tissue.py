@@ -16,15 +16,15 @@ class TissueParams:
     max_value: float = 0.94  # brighter than this is glass/background (0-1)
     min_value: float = 0.12  # darker than this is black ink or debris (0-1)
     exclude_ink: bool = True  # drop blue, green and black pen marks
-    black_ink_value: float = 0.35  # black ink: darker than this (0-1) ...
-    black_ink_saturation: float = 0.25  # ... and less saturated than this (H&E's darkest is purple)
+    black_ink_value: float = 0.3  # black ink: darker than this (0-1) ...
+    black_ink_saturation: float = 0.4  # ... and less saturated than this (H&E's darkest is saturated purple)
     close_radius_um: float = 16.0  # morphological closing radius, microns
     min_object_um2: float = 20000.0  # tissue pieces smaller than this are dropped, square microns
     max_hole_um2: float = 40000.0  # holes smaller than this inside tissue are kept as tissue
     exclude_blur: bool = True  # drop out-of-focus regions (low local Laplacian variance)
     min_sharpness: float = 3e-4  # local Laplacian variance (grey 0-1) below this is blurry
     blur_window_um: float = 128.0  # side of the window the Laplacian variance is taken over, microns
-    min_blur_um2: float = 100000.0  # blurry patches smaller than this stay tissue (smooth, not blurred)
+    min_blur_um2: float = 50000.0  # blurry patches smaller than this stay tissue (smooth, not blurred)
 
 
 def _rgb_to_hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -41,12 +41,13 @@ def _rgb_to_hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def ink_mask(rgb: np.ndarray, params: TissueParams = TissueParams()) -> np.ndarray:
     """Marker ink. Blue and green: saturated hues that H&E never produces (H&E is pink to purple).
-    Black: very dark and nearly grey, whereas H&E's darkest (dense nuclei) stays saturated purple.
+    Black: very dark and greyish (ink over tissue keeps some of the stain's tint), or darker than
+    `min_value` whatever its colour; H&E's darkest (dense nuclei) stays a saturated purple.
     """
     h, s, v = _rgb_to_hsv(rgb)
     green = (h >= 70) & (h < 170) & (s > 0.15)
     blue = (h >= 170) & (h < 235) & (s > 0.25)
-    black = (v < params.black_ink_value) & (s < params.black_ink_saturation)
+    black = (v < params.min_value) | ((v < params.black_ink_value) & (s < params.black_ink_saturation))
     return ((green | blue) & (v > 0.05)) | black
 
 

@@ -83,6 +83,43 @@ def all_predictions() -> list[str]:
                   model=config["mil"]["models"], fold=range(N_FOLDS))
 
 
+def export_inputs(wildcards) -> dict[str, str]:
+    """The tile store, plus the feature store of config `export.encoder` when one is named."""
+    inputs = {"tiles": f"results/tiles/{wildcards.slide}.zarr"}
+    encoder = config["export"]["encoder"]
+    if encoder:
+        if encoder not in ENCODERS:
+            raise ValueError(f"config export.encoder {encoder!r} is not one of the encoders {sorted(ENCODERS)}")
+        inputs["features"] = f"results/features/{encoder}/{wildcards.slide}.zarr"
+    return inputs
+
+
+def export_features_arg(wildcards, input) -> str:
+    return f"--features {input.features}" if "features" in input.keys() else ""
+
+
+def heatmap_predictions(wildcards) -> list[str]:
+    return expand("results/mil/{encoder}/{model}/fold{fold}/predictions.csv", encoder=wildcards.encoder,
+                  model=wildcards.model, fold=range(N_FOLDS))
+
+
+def heatmap_fold_dirs(wildcards) -> str:
+    return " ".join(str(Path(p).parent) for p in heatmap_predictions(wildcards))
+
+
+def annotations_arg() -> str:
+    """Slide -> tumour annotation (sheet column `annotation`, or the demo's GeoJSON), as JSON."""
+    ann = {}
+    for sid in SLIDES:
+        if "annotation" in SAMPLES.columns and isinstance(SAMPLES.loc[sid, "annotation"], str):
+            ann[sid] = SAMPLES.loc[sid, "annotation"]
+        elif SAMPLES.loc[sid, "path"] in _generated:
+            ann[sid] = f"results/demo/annotations/{sid}.geojson"
+    return as_arg(ann)
+
+
 def all_outputs() -> list[str]:
     return ["results/benchmark.csv", "results/qc/cohort.tsv",
+            *expand("results/heatmaps/{encoder}/{model}/instance_metrics.csv", encoder=ENCODERS,
+                    model=config["mil"]["models"]),
             *expand("results/graphs/{slide}.npz", slide=SLIDES)]

@@ -11,7 +11,8 @@ rule mask:
     params:
         cfg=as_arg(config["mask"]),
         mpp=mpp_arg,
-        code=code_version("tissue.py", "slide.py"),
+        on_error=config["on_slide_error"],
+        code=code_version("tissue.py", "slide.py", "failures.py"),
     log:
         "logs/mask/{slide}.log",
     benchmark:
@@ -22,7 +23,7 @@ rule mask:
     conda:
         "../../envs/slide-io.yaml"
     shell:
-        "python -m slidemil mask --slide {input.slide} --slide-id {wildcards.slide} {params.mpp} --params {params.cfg} --out {output.mask} --qc {output.qc} 2> {log}"
+        "python -m slidemil mask --slide {input.slide} --slide-id {wildcards.slide} {params.mpp} --params {params.cfg} --on-slide-error {params.on_error} --out {output.mask} --qc {output.qc} 2> {log}"
 
 
 rule tile:
@@ -37,18 +38,20 @@ rule tile:
     params:
         cfg=as_arg(config["tile"]),
         mpp=mpp_arg,
-        code=code_version("tiling.py", "slide.py", "store.py"),
+        on_error=config["on_slide_error"],
+        code=code_version("tiling.py", "slide.py", "store.py", "failures.py"),
     log:
         "logs/tile/{slide}.log",
     benchmark:
         "results/benchmarks/tile/{slide}.tsv"
+    threads: 2
     resources:
         mem_mb=1500,
         runtime=30,
     conda:
         "../../envs/slide-io.yaml"
     shell:
-        "python -m slidemil tile --slide {input.slide} --slide-id {wildcards.slide} {params.mpp} --params {params.cfg} --mask {input.mask} --mask-qc {input.mask_qc} --out {output.tiles} --qc {output.qc} 2> {log}"
+        "python -m slidemil tile --slide {input.slide} --slide-id {wildcards.slide} {params.mpp} --params {params.cfg} --on-slide-error {params.on_error} --mask {input.mask} --mask-qc {input.mask_qc} --threads {threads} --out {output.tiles} --qc {output.qc} 2> {log}"
 
 
 rule graph:
@@ -74,12 +77,37 @@ rule qc_cohort:
         tiles=expand("results/tiles/{slide}.zarr", slide=SLIDES),
         masks=expand("results/masks/{slide}.json", slide=SLIDES),
     output:
-        "results/qc/cohort.tsv",
+        table="results/qc/cohort.tsv",
+        plot="results/qc/cohort.png",
     params:
-        code=code_version("qc.py"),
+        code=code_version("qc.py", "failures.py"),
     log:
         "logs/qc_cohort/cohort.log",
     conda:
         "../../envs/slide-io.yaml"
     shell:
-        "python -m slidemil qc --tiles {input.tiles} --masks {input.masks} --out {output} 2> {log}"
+        "python -m slidemil qc --tiles {input.tiles} --masks {input.masks} --out {output.table} --plot {output.plot} 2> {log}"
+
+
+# Optional, not in `rule all`: CLAM/TRIDENT-style HDF5 per slide (`snakemake --cores 2 export_h5_all`).
+rule export_h5:
+    input:
+        unpack(export_inputs),
+    output:
+        "results/export/{slide}.h5",
+    params:
+        features=export_features_arg,
+        code=code_version("export.py"),
+    log:
+        "logs/export_h5/{slide}.log",
+    conda:
+        "../../envs/slide-io.yaml"
+    shell:
+        "python -m slidemil export-h5 --tiles {input.tiles} {params.features} --out {output} 2> {log}"
+
+
+rule export_h5_all:
+    input:
+        expand("results/export/{slide}.h5", slide=SLIDES),
+    conda:
+        "../../envs/slide-io.yaml"

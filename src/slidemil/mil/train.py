@@ -266,8 +266,12 @@ def run_fold(features_dir: str | Path, fold_table_csv: str | Path, samples_tsv: 
         if label not in class_index:
             raise ValueError(f"slide {sid}: label {label!r} is not one of the classes {classes}")
         feats = read_features(features_dir / f"{sid}.zarr")
-        if feats.features.shape[0] == 0:
-            log.warning("slide %s has no tiles (empty feature store): skipped", sid)
+        if feats.features.shape[0] == 0:  # a zero-instance bag never reaches MIL
+            if feats.attrs.get("status") == "failed":
+                log.warning("slide %s skipped: it failed in preprocessing (%s)", sid,
+                            feats.attrs.get("reason") or "no reason recorded")
+            else:
+                log.warning("slide %s skipped: no tissue tiles (empty feature store)", sid)
             continue
         bags[sid] = feats.features.astype(np.float16)  # as stored; halves memory vs float32
         labels[sid], roles[sid] = class_index[label], role
