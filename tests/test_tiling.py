@@ -318,3 +318,29 @@ def test_decoders_agree_with_and_without_simplejpeg(small_slide, monkeypatch, na
     monkeypatch.setattr(slide_mod, "_simplejpeg", None)
     for d, want in with_sj.items():
         np.testing.assert_array_equal(lv.decode(1, 1, d), want)
+
+
+@pytest.mark.parametrize("damage", ["zeroed", "cut"])
+def test_corrupt_jpeg_tiles_are_an_error_not_garbage(small_slide, tmp_path, damage):
+    """Tiles copied without decoding (target = a level, tile = source tile) are checked too."""
+    import tifffile
+
+    from slidemil.slide import SlideError
+
+    slide, _ = small_slide
+    bad = tmp_path / "bad.tiff"
+    data = bytearray(slide.read_bytes())
+    with tifffile.TiffFile(slide) as tf:
+        page = tf.pages[0]
+        offsets, counts = page.dataoffsets, page.databytecounts
+    for off, n in zip(offsets, counts):
+        if damage == "zeroed":
+            data[off : off + n] = bytes(n)
+        else:
+            data[off + n // 2 : off + n] = bytes(n - n // 2)
+    bad.write_bytes(bytes(data))
+    mask = _masked(slide, tmp_path)
+    with pytest.raises(SlideError, match="bad.tiff.*corrupt"):
+        tile_slide(bad, mask, tmp_path / "t.zarr", TileParams(target_mpp=0.5, tile_size=256, min_tissue=0.1),
+                   "bad", progress=False)
+    assert not (tmp_path / "t.zarr").exists()

@@ -194,6 +194,11 @@ class TiledJpegLevel:
         data = self.raw(tx, ty)
         if not data or self.header is None:
             return None
+        # a copied tile is never decoded: check its frame (SOI ... EOI) so that zeroed or cut-off
+        # tile bytes fail here, naming the file, instead of landing in the store as garbage
+        if not (data[:2] == b"\xff\xd8" and data.rstrip(b"\x00")[-2:] == b"\xff\xd9"):
+            raise SlideError(f"{self.path}: tile ({tx}, {ty}) of level {self.level} is not a complete JPEG; "
+                             "the file may be truncated or corrupt: re-copy it or remove it from samples.tsv")
         return self.header + data[2:]  # the tile's own SOI is in the header
 
     def decode(self, tx: int, ty: int, denom: int = 1) -> np.ndarray:
