@@ -73,12 +73,12 @@ def draw_heatmap(thumb: np.ndarray, downsample: float, coords: np.ndarray, tile_
         ranks = np.argsort(np.argsort(scores)) / max(len(scores) - 1, 1)
         side = tile_size0 / downsample
         boxes = [Rectangle((x / downsample, y / downsample), side, side) for x, y in coords]
-        pc = PatchCollection(boxes, cmap="inferno", alpha=0.55, linewidth=0)
+        pc = PatchCollection(boxes, cmap="turbo", alpha=0.5, linewidth=0)  # high = red, stands out
         pc.set_array(ranks)
         ax.add_collection(pc)
         fig.colorbar(pc, ax=ax, fraction=0.03, label="score rank within slide")
     for poly in lesions:
-        ax.plot(poly[:, 0] / downsample, poly[:, 1] / downsample, color="cyan", linewidth=1.2)
+        ax.plot(poly[:, 0] / downsample, poly[:, 1] / downsample, color="black", linewidth=1.5)
     ax.set_title(title, fontsize=9)
     ax.axis("off")
     fig.tight_layout()
