@@ -48,3 +48,31 @@ def test_bad_files_give_one_line_error_naming_the_file(tmp_path, maker):
         open_slide(path)
     msg = str(e.value)
     assert str(path) in msg and "\n" not in msg
+
+
+def test_thumbnail_of_a_slide_without_pyramid_is_read_in_bands(small_slide):
+    """Banded reading gives the same picture as one read (and bounds memory on flat slides)."""
+    import numpy as np
+
+    from slidemil.slide import read_thumbnail
+
+    s = open_slide(small_slide[0])
+    one, ds1 = read_thumbnail(s, 300)
+    banded, ds2 = read_thumbnail(s, 300, band_pixels=20_000)
+    assert one.shape == banded.shape and ds1 == ds2
+    assert np.abs(one.astype(int) - banded.astype(int)).mean() < 3
+
+
+def test_ome_tiff_opens_with_mpp(tmp_path):
+    """OME-TIFF (SubIFD pyramid) reads through OpenSlide's generic TIFF driver: level 0 + mpp."""
+    import numpy as np
+    import tifffile
+
+    rgb = np.full((512, 768, 3), 230, np.uint8)
+    path = tmp_path / "x.ome.tif"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(rgb, tile=(256, 256), compression="jpeg", photometric="rgb", subifds=1,
+                 resolution=(2e4, 2e4), resolutionunit="CENTIMETER", metadata={"axes": "YXS"})
+        tw.write(rgb[::2, ::2], tile=(256, 256), compression="jpeg", photometric="rgb", subfiletype=1)
+    s = open_slide(path)
+    assert s.dimensions == (768, 512) and slide_mpp(s, path) == pytest.approx(0.5)

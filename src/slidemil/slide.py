@@ -106,19 +106,30 @@ def rgba_to_rgb(img):
     return Image.alpha_composite(white, img).convert("RGB")
 
 
-def read_thumbnail(slide, max_size: int) -> tuple[np.ndarray, float]:
-    """RGB thumbnail whose longer side is <= max_size, and its level-0 px per thumbnail px."""
-    w, h = slide.dimensions
-    factor = max(w, h) / max_size
-    level = slide.get_best_level_for_downsample(max(factor, 1.0))
-    lw, lh = slide.level_dimensions[level]
-    img = rgba_to_rgb(slide.read_region((0, 0), level, (lw, lh)))
-    tw, th = max(1, round(w / max(factor, 1.0))), max(1, round(h / max(factor, 1.0)))
-    if (tw, th) != (lw, lh):
-        from PIL import Image
+def read_thumbnail(slide, max_size: int, band_pixels: int = 1 << 25) -> tuple[np.ndarray, float]:
+    """RGB thumbnail whose longer side is <= max_size, and its level-0 px per thumbnail px.
 
-        img = img.resize((tw, th), Image.Resampling.BOX)
-    return np.asarray(img), w / tw
+    The best level is read in horizontal bands of about `band_pixels` pixels, each shrunk before
+    the next is read: a slide without a pyramid (one 100k x 75k level) would otherwise need ~30 GB.
+    """
+    from PIL import Image
+
+    w, h = slide.dimensions
+    factor = max(max(w, h) / max_size, 1.0)
+    level = slide.get_best_level_for_downsample(factor)
+    lw, lh = slide.level_dimensions[level]
+    ds = slide.level_downsamples[level]
+    tw, th = max(1, round(w / factor)), max(1, round(h / factor))
+    out = Image.new("RGB", (tw, th), "white")
+    band = max(1, min(lh, band_pixels // max(lw, 1)))
+    for y in range(0, lh, band):
+        bh = min(band, lh - y)
+        ty0, ty1 = round(y * th / lh), round((y + bh) * th / lh)
+        if ty1 <= ty0:
+            continue
+        region = rgba_to_rgb(slide.read_region((0, round(y * ds)), level, (lw, bh)))
+        out.paste(region.resize((tw, ty1 - ty0), Image.Resampling.BOX), (0, ty0))
+    return np.asarray(out), w / tw
 
 
 # --- direct JPEG tile access (the fast read path for tiled JPEG TIFFs) --------------------------
