@@ -305,8 +305,9 @@ def test_cohort_with_bad_slides_completes(tmp_path):
     assert "ERROR trunc: " in (tmp_path / "logs/mask/trunc.log").read_text()
     qc_log = (tmp_path / "logs/qc_cohort/cohort.log").read_text()
     assert all(f"WARNING {s}: " in qc_log for s in ("trunc", "blank", "nompp"))
-    mil_logs = "".join(p.read_text() for p in (tmp_path / "logs/mil").rglob("*.log"))
-    assert "slide nompp skipped: it failed in preprocessing" in mil_logs
+    folds_log = (tmp_path / "logs/folds/folds.log").read_text()
+    assert all(f"{s}: left out of the folds" in folds_log for s in ("trunc", "blank", "nompp"))
+    assert set(pd.read_csv(tmp_path / "results/folds.csv")["slide_id"]) == {f"t{i}" for i in range(6)}
     predicted = set()
     for p in (tmp_path / "results/mil").rglob("predictions.csv"):
         predicted |= set(pd.read_csv(p)["slide_id"])
