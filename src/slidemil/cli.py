@@ -20,8 +20,6 @@ def _json(text: str) -> dict:
 
 def _fields(cls, params: dict) -> dict:
     """Keep the keys a params dataclass knows (config blocks may carry keys for other stages)."""
-    import dataclasses
-
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in params.items() if k in names}
 
