@@ -61,7 +61,7 @@ def cmd_tile(a: argparse.Namespace) -> None:
     from slidemil.tissue import overlay
 
     params = TileParams(**_fields(TileParams, _json(a.params)))
-    mask_meta = json.loads(Path(a.mask).with_suffix(".json").read_text())
+    mask, mask_meta = load_mask(a.mask)
     trace = {"source_path": str(a.slide), "target_mpp": params.target_mpp, "stride": params.tile_size,
              "params": dataclasses.asdict(params)}
     reason = None
@@ -85,10 +85,9 @@ def cmd_tile(a: argparse.Namespace) -> None:
     # QC: thumbnail-sized mask overlay with the kept tiles outlined
     import zarr
 
-    mask, meta = load_mask(a.mask)
     coords = zarr.open_group(a.out, mode="r")["coords"][:]
     qc_rgb = np.asarray(Image.open(a.mask_qc).convert("RGB"))
-    boxes = tile_boxes_in_mask(coords, attrs["tile_size_level0"], meta["downsample"])
+    boxes = tile_boxes_in_mask(coords, attrs["tile_size_level0"], mask_meta["downsample"])
     Path(a.qc).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(overlay(qc_rgb, np.zeros_like(mask), boxes)).save(a.qc)
 

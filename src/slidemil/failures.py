@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from slidemil import __version__
+from slidemil.files import save_png
 
 log = logging.getLogger(__name__)
 
@@ -81,16 +82,6 @@ def failure_picture(slide_id: str, reason: str, status: str = FAILED, width: int
     return np.asarray(img)
 
 
-def _save_png(rgb: np.ndarray, path: str | Path) -> None:
-    from PIL import Image
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part.png")
-    Image.fromarray(rgb).save(tmp)
-    tmp.replace(path)
-
-
 def write_failed_mask(out_png: str | Path, qc_png: str | Path, slide_id: str, reason: str,
                       slide_path: str | Path | None = None) -> dict[str, Any]:
     """The mask stage's outputs for an unusable slide: empty mask, sidecar with status/reason, QC."""
@@ -99,10 +90,10 @@ def write_failed_mask(out_png: str | Path, qc_png: str | Path, slide_id: str, re
             "downsample": 1.0, "slide_mpp": None, "mpp_source": None, "width": 0, "height": 0,
             "tissue_fraction": 0.0, "tissue_area_mm2": 0.0, "ink_fraction": 0.0, "blur_fraction": 0.0,
             "slidemil_version": __version__}
-    _save_png(failure_picture(slide_id, reason), qc_png)
+    save_png(failure_picture(slide_id, reason), qc_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     out_png.with_suffix(".json").write_text(json.dumps(meta, indent=1))
-    _save_png(np.zeros((1, 1), np.uint8), out_png)  # written last: the PNG implies the sidecar
+    save_png(np.zeros((1, 1), np.uint8), out_png)  # written last: the PNG implies the sidecar
     return meta
 
 

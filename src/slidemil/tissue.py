@@ -165,8 +165,7 @@ def mask_slide(slide_path, out_png, qc_png, params: TissueParams, mask_mpp: floa
     import json
     from pathlib import Path
 
-    from PIL import Image
-
+    from slidemil.files import save_png
     from slidemil.slide import open_slide, read_thumbnail, slide_mpp
 
     slide = open_slide(slide_path)
@@ -182,12 +181,9 @@ def mask_slide(slide_path, out_png, qc_png, params: TissueParams, mask_mpp: floa
             "width": w, "height": h, "tissue_fraction": float(mask.mean()),
             "tissue_area_mm2": float(mask.sum() * (downsample * mpp / 1000.0) ** 2),
             "ink_fraction": float(parts["ink"].mean()), "blur_fraction": float(parts["blur"].mean())}
-    out_png, qc_png = Path(out_png), Path(qc_png)
-    for p in (out_png, qc_png):
-        p.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(overlay(rgb, mask, excluded={"ink": parts["ink"], "blur": parts["blur"]})).save(qc_png)
+    out_png = Path(out_png)
+    save_png(overlay(rgb, mask, excluded={"ink": parts["ink"], "blur": parts["blur"]}), qc_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
     out_png.with_suffix(".json").write_text(json.dumps(meta, indent=1))
-    tmp = out_png.with_name(out_png.name + ".part.png")
-    Image.fromarray((mask * 255).astype(np.uint8)).save(tmp)
-    tmp.replace(out_png)  # the PNG is the rule's output: written last, so it implies the sidecar
+    save_png((mask * 255).astype(np.uint8), out_png)  # the rule's output, written last: it implies the sidecar
     return meta
