@@ -1,10 +1,11 @@
 # `make demo`: set up .venv when missing or older than pyproject.toml, then run the demo workflow.
 # `make test`: the same set-up, then the test suite.
+# `make benchmark`: the full benchmark (config/benchmark.yaml) in runs/benchmark/.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo benchmark test lint clean
 
 setup: $(STAMP)
 
@@ -17,6 +18,10 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/snakemake --cores 2
 
+benchmark: setup
+	mkdir -p runs/benchmark
+	$(VENV)/bin/snakemake --cores 2 --directory runs/benchmark --configfile config/benchmark.yaml
+
 test: setup
 	$(VENV)/bin/pytest
 
@@ -24,4 +29,4 @@ lint: setup
 	$(VENV)/bin/snakemake --lint
 
 clean:
-	rm -rf results logs .snakemake
+	rm -rf results logs .snakemake runs

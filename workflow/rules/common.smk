@@ -32,6 +32,7 @@ wildcard_constraints:
     encoder="|".join(ENCODERS),
     model="[A-Za-z0-9_]+",
     fold=r"\d+",
+    seed=r"\d+",
 
 
 # Rule commands run `python -m slidemil` from this checkout's src/ (which `code_version` hashes),
@@ -78,9 +79,12 @@ def slide_features(wildcards) -> list[str]:
     return expand("results/features/{encoder}/{slide}.zarr", encoder=wildcards.encoder, slide=SLIDES)
 
 
+SEEDS = config.get("seeds", [config["seed"]])
+
+
 def all_predictions() -> list[str]:
-    return expand("results/mil/{encoder}/{model}/fold{fold}/predictions.csv", encoder=ENCODERS,
-                  model=config["mil"]["models"], fold=range(N_FOLDS))
+    return expand("results/mil/{encoder}/{model}/fold{fold}/seed{seed}/predictions.csv", encoder=ENCODERS,
+                  model=config["mil"]["models"], fold=range(N_FOLDS), seed=SEEDS)
 
 
 def export_inputs(wildcards) -> dict[str, str]:
@@ -99,8 +103,9 @@ def export_features_arg(wildcards, input) -> str:
 
 
 def heatmap_predictions(wildcards) -> list[str]:
-    return expand("results/mil/{encoder}/{model}/fold{fold}/predictions.csv", encoder=wildcards.encoder,
-                  model=wildcards.model, fold=range(N_FOLDS))
+    """The first seed's run of every fold: heatmaps show one trained model per test slide."""
+    return expand("results/mil/{encoder}/{model}/fold{fold}/seed{seed}/predictions.csv", encoder=wildcards.encoder,
+                  model=wildcards.model, fold=range(N_FOLDS), seed=SEEDS[0])
 
 
 def heatmap_fold_dirs(wildcards) -> str:

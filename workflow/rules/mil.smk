@@ -1,4 +1,4 @@
-# Fold assignment and MIL training per encoder x model x fold (GPU when allocated, else CPU).
+# Fold assignment and MIL training per encoder x model x fold x seed (GPU when allocated, else CPU).
 
 
 rule folds:
@@ -25,21 +25,20 @@ rule mil:
         folds="results/folds.csv",
         samples=config["samples"],
     output:
-        predictions="results/mil/{encoder}/{model}/fold{fold}/predictions.csv",
-        model="results/mil/{encoder}/{model}/fold{fold}/model.pt",
-        attention="results/mil/{encoder}/{model}/fold{fold}/attention.npz",
-        history="results/mil/{encoder}/{model}/fold{fold}/history.csv",
+        predictions="results/mil/{encoder}/{model}/fold{fold}/seed{seed}/predictions.csv",
+        model="results/mil/{encoder}/{model}/fold{fold}/seed{seed}/model.pt",
+        attention="results/mil/{encoder}/{model}/fold{fold}/seed{seed}/attention.npz",
+        history="results/mil/{encoder}/{model}/fold{fold}/seed{seed}/history.csv",
     params:
         cfg=as_arg(config["mil"]),
         classes=as_arg(config["classes"]),
-        seed=config["seed"],
         features_dir="results/features/{encoder}",
-        out_dir="results/mil/{encoder}/{model}/fold{fold}",
+        out_dir="results/mil/{encoder}/{model}/fold{fold}/seed{seed}",
         code=code_version("mil/models.py", "mil/train.py", "store.py"),
     log:
-        "logs/mil/{encoder}/{model}/fold{fold}.log",
+        "logs/mil/{encoder}/{model}/fold{fold}/seed{seed}.log",
     benchmark:
-        "results/benchmarks/mil/{encoder}/{model}/fold{fold}.tsv"
+        "results/benchmarks/mil/{encoder}/{model}/fold{fold}/seed{seed}.tsv"
     threads: 1
     resources:
         gpu=1,
@@ -48,4 +47,4 @@ rule mil:
     conda:
         "../../envs/torch.yaml"
     shell:
-        "python -m slidemil mil --features-dir {params.features_dir} --folds {input.folds} --samples {input.samples} --fold {wildcards.fold} --model {wildcards.model} --params {params.cfg} --classes {params.classes} --seed {params.seed} --threads {threads} --out-dir {params.out_dir} 2> {log}"
+        "python -m slidemil mil --features-dir {params.features_dir} --folds {input.folds} --samples {input.samples} --fold {wildcards.fold} --model {wildcards.model} --params {params.cfg} --classes {params.classes} --seed {wildcards.seed} --threads {threads} --out-dir {params.out_dir} 2> {log}"
