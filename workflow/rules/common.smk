@@ -1,5 +1,4 @@
 # Sample sheet, config validation and input helpers shared by every rule file.
-import hashlib
 import json
 import os
 import shlex
@@ -11,6 +10,7 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 SRC = Path(workflow.current_basedir).parents[1] / "src"
 sys.path.insert(0, str(SRC))  # the sheet checks below are slidemil's own (src/slidemil/samples.py)
+from slidemil.codeversion import code_version as _code_version  # noqa: E402
 from slidemil.samples import check_sheet, read_sheet  # noqa: E402
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -48,12 +48,9 @@ def as_arg(obj) -> str:
     return shlex.quote(json.dumps(obj, sort_keys=True))
 
 
-def code_version(*modules: str) -> str:
-    """Hash of the package modules a stage runs: Snakemake does not see imported code changing."""
-    h = hashlib.sha256()
-    for m in modules:
-        h.update((SRC / "slidemil" / m).read_bytes())
-    return h.hexdigest()[:12]
+def code_version(*roots: str) -> str:
+    """Hash of the import closure of a stage's modules: Snakemake does not see imported code changing."""
+    return _code_version(SRC / "slidemil", *roots)
 
 
 def slide_path(wildcards) -> str:

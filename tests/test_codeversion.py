@@ -1,0 +1,67 @@
+"""The code version of a stage covers exactly the modules its command imports, lazily or not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from slidemil.codeversion import code_version, import_closure
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _package(tmp_path: Path) -> Path:
+    pkg = tmp_path / "slidemil"
+    (pkg / "sub").mkdir(parents=True)
+    files = {
+        "__init__.py": "",
+        "cli.py": ("import json\n\ndef _json(t):\n    return json.loads(t)\n\n"
+                   "def cmd_a(a):\n    from slidemil.a import run\n    run()\n\n"
+                   "def cmd_b(a):\n    from slidemil import b\n    b.run()\n\n"
+                   "def main():\n    from slidemil.errors import Failure\n"),
+        "a.py": "def run():\n    from .sub import deep\n    deep.go()\n",
+        "b.py": "import numpy\n\ndef run():\n    pass\n",
+        "errors.py": "class Failure(Exception):\n    pass\n",
+        "sub/__init__.py": "",
+        "sub/deep.py": "from ..c import helper\n\ndef go():\n    helper()\n",
+        "c.py": "def helper():\n    pass\n",
+    }
+    for name, text in files.items():
+        (pkg / name).write_text(text)
+    return pkg
+
+
+def test_closure_follows_lazy_relative_and_submodule_imports(tmp_path):
+    pkg = _package(tmp_path)
+    assert set(import_closure(pkg, ["cli:cmd_a"])) == {
+        "cli:cmd_a", "cli:_json", "cli:main", "a.py", "sub/__init__.py", "sub/deep.py", "c.py", "errors.py",
+        "__init__.py"}
+    assert set(import_closure(pkg, ["cli:cmd_b"])) == {
+        "cli:cmd_b", "cli:_json", "cli:main", "b.py", "errors.py", "__init__.py"}
+
+
+def test_version_changes_with_imported_code_only(tmp_path):
+    pkg = _package(tmp_path)
+    before_a, before_b = code_version(pkg, "cli:cmd_a"), code_version(pkg, "cli:cmd_b")
+    (pkg / "c.py").write_text("def helper():\n    return 1\n")  # two imports deep, relative
+    assert code_version(pkg, "cli:cmd_a") != before_a
+    assert code_version(pkg, "cli:cmd_b") == before_b
+    cli = (pkg / "cli.py").read_text()
+    (pkg / "cli.py").write_text(cli.replace("b.run()", "b.run(); b.run()"))  # stage b's command only
+    assert code_version(pkg, "cli:cmd_b") != before_b
+    assert code_version(pkg, "cli:cmd_a") != before_a  # (c.py still changed)
+
+
+def test_unknown_roots_are_errors(tmp_path):
+    pkg = _package(tmp_path)
+    with pytest.raises(KeyError, match="cmd_nope"):
+        code_version(pkg, "cli:cmd_nope")
+    with pytest.raises(FileNotFoundError):
+        code_version(pkg, "nope.py")
+
+
+def test_real_stages_cover_the_modules_their_code_reads():
+    pkg = ROOT / "src" / "slidemil"
+    assert {"metrics.py", "store.py", "mil/train.py"} <= set(import_closure(pkg, ["cli:cmd_mil"]))
+    assert {"tissue.py", "files.py", "tiling.py"} <= set(import_closure(pkg, ["cli:cmd_tile"]))
