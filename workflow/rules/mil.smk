@@ -3,8 +3,7 @@
 
 rule folds:
     input:
-        samples=config["samples"],
-        qc="results/qc/cohort.tsv",  # slides that failed or have no tissue are left out of the folds
+        samples=config["samples"],  # the whole sheet, not the QC table: QC changes never move a slide
     output:
         "results/folds.csv",
     params:
@@ -16,7 +15,7 @@ rule folds:
     conda:
         "../../envs/slide-io.yaml"
     shell:
-        "python -m slidemil folds --samples {input.samples} --params {params.cfg} --seed {params.seed} --qc {input.qc} --out {output} 2> {log}"
+        "python -m slidemil folds --samples {input.samples} --params {params.cfg} --seed {params.seed} --out {output} 2> {log}"
 
 
 rule mil:
