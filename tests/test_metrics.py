@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from slidemil.metrics import auc_binary, binary_metrics, bootstrap_ci
+from slidemil.metrics import auc_binary, binary_metrics, bootstrap_ci, label_metrics, predict
 
 
 def test_binary_hand_case():
@@ -20,10 +20,23 @@ def test_binary_hand_case():
     # pred = [0, 1, 0, 1]: recall(1) = 1/2, recall(0) = 1/2; precision(1) = 1/2 -> F1 = 1/2.
     assert m["balanced_accuracy"] == pytest.approx(0.5)
     assert m["f1"] == pytest.approx(0.5)
+    assert (m["sensitivity"], m["specificity"]) == pytest.approx((0.5, 0.5))
     # A lower threshold predicts [0, 1, 1, 1]: recall(1) = 1, recall(0) = 1/2; F1 = 2*(2/3*1)/(5/3).
     m = binary_metrics(y, prob, threshold=0.3)
     assert m["balanced_accuracy"] == pytest.approx(0.75)
     assert m["f1"] == pytest.approx(0.8)
+    assert (m["sensitivity"], m["specificity"]) == pytest.approx((1.0, 0.5))
+
+
+def test_label_metrics_on_hard_predictions():
+    y = np.array([0, 0, 0, 1, 1])
+    pred = np.array([0, 1, 0, 1, 0])
+    m = label_metrics(y, pred)
+    # sensitivity 1/2, specificity 2/3, balanced accuracy their mean; F1: P = 1/2, R = 1/2.
+    assert m == pytest.approx({"balanced_accuracy": 7 / 12, "f1": 0.5, "sensitivity": 0.5, "specificity": 2 / 3})
+    assert math.isnan(label_metrics(np.zeros(3, int), np.zeros(3, int))["sensitivity"])  # no positives
+    assert predict(np.array([0.2, 0.5, 0.7]), 0.5).tolist() == [0, 1, 1]
+    assert predict(np.array([[0.1, 0.5, 0.4], [0.6, 0.2, 0.2]])).tolist() == [1, 0]
 
 
 def test_two_column_prob_equals_positive_column():
@@ -62,6 +75,7 @@ def test_multiclass():
     # class 2: pos {0.3, 0.7} vs neg {0.1, 0.3} -> (1 + 0.5 + 1 + 1)/4 = 7/8.
     assert m["auc"] == pytest.approx((1 + 2 / 3 + 7 / 8) / 3)
     assert m["auc"] == pytest.approx(roc_auc_score(y, prob, multi_class="ovr", average="macro"))
+    assert math.isnan(m["sensitivity"]) and math.isnan(m["specificity"])  # no single positive class
 
 
 def test_bootstrap_ci():

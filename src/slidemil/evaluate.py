@@ -1,93 +1,297 @@
-"""Benchmark table and ROC plot from the per-fold MIL predictions.
+"""Benchmark tables, paired comparisons and the ROC plot from the MIL runs' predictions.
 
-Metrics are computed on the test slides of each fold only (role == "test" in predictions.csv),
-one row per (encoder, MIL model, fold), plus a summary row per (encoder, model): mean and sd of
-the fold metrics, and the bootstrap AUC CI of the pooled test predictions (with k-fold every
-slide is tested exactly once, so pooling is the out-of-fold estimate the ROC plot shows).
+A run is one (encoder, model, fold, seed): results/mil/{encoder}/{model}/fold{k}/seed{s}/
+predictions.csv (columns slide_id, label, role, prob_<class>..., pred). Folds come from one fold
+table, independent of the MIL seed, so a slide is a test slide in the same fold for every seed.
+Test labels are read here and nowhere else; validation slides serve the threshold only.
+
+Estimators, with the column names that carry them:
+
+* `pooled_auc` (benchmark.csv): each test slide's probability averaged over seeds, then one AUC
+  over the test slides of all folds (the out-of-fold estimate; with k-fold every slide is tested
+  once). `pooled_auc_ci_lo/hi`: stratified percentile bootstrap 95% CI of it over slides
+  (positives and negatives resampled separately; slidemil.stats). This is the number comparisons
+  and claims use, so a benchmark row and a comparison row about the same method agree. With
+  several seeds it is the AUC of a seed ensemble, which is what a user deploying the method
+  would get by averaging its seeds.
+* `fold_auc_mean`, `fold_auc_sd` (benchmark.csv): mean and sd (ddof 1) of the per-run test AUC
+  over folds x seeds (runs whose test part has one class only are left out): the spread a
+  single training run shows.
+* `balanced_accuracy`, `f1`, `sensitivity`, `specificity`: each run classifies its test slides at
+  a threshold chosen on that run's validation slides only (Youden's J, slidemil.stats;
+  0.5 when validation has one class or no evidence); the confusion counts are pooled over folds
+  x seeds. C > 2 classes: argmax, macro F1, sensitivity/specificity nan. Per-run values in
+  benchmark_runs.csv.
+* comparisons.csv: AUC(A) - AUC(B) of the seed-averaged probabilities on the test slides that
+  both A and B predicted, with a paired stratified bootstrap 95% CI and two-sided p-value
+  (`p_value`), and DeLong's p-value (`p_delong`, binary tasks) beside it.
+
+Multiclass tasks (C > 2) use one-vs-rest macro AUC throughout.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from slidemil.metrics import auc, binary_metrics, bootstrap_ci
+from slidemil.metrics import auc, binary_metrics, label_metrics, predict
+from slidemil.stats import auc_ci, delong_test, paired_auc_bootstrap, youden_threshold
 
 log = logging.getLogger(__name__)
 
-METRICS = ["auc", "balanced_accuracy", "f1"]
-COLUMNS = (["encoder", "model", "fold", "n_test", *METRICS, "auc_ci_lo", "auc_ci_hi"]
-           + [f"{m}_sd" for m in METRICS])
-SUMMARY = "summary"
+RUN_COLUMNS = ["encoder", "model", "fold", "seed", "n_val", "n_test", "auc", "threshold",
+               "threshold_source", "balanced_accuracy", "f1", "sensitivity", "specificity"]
+SUMMARY_COLUMNS = ["encoder", "model", "n_runs", "n_folds", "n_seeds", "n_test_slides", "pooled_auc",
+                   "pooled_auc_ci_lo", "pooled_auc_ci_hi", "fold_auc_mean", "fold_auc_sd",
+                   "balanced_accuracy", "f1", "sensitivity", "specificity"]
+COMPARISON_COLUMNS = ["a_encoder", "a_model", "b_encoder", "b_model", "source", "n_slides", "n_seeds_a",
+                      "n_seeds_b", "auc_a", "auc_b", "auc_diff", "diff_ci_lo", "diff_ci_hi", "p_value",
+                      "p_delong"]
+Method = tuple[str, str]  # (encoder, model)
+
+_RUN_PATH = re.compile(r"(?:^|/)(?P<encoder>[^/]+)/(?P<model>[^/]+)/fold(?P<fold>\d+)"
+                       r"(?:/seed(?P<seed>\d+))?/predictions\.csv$")
 
 
-def load_test_predictions(predictions_csv: str | Path, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Test slides of one fold: (y_true int [N], prob [N, C]) from a predictions.csv."""
+@dataclass(frozen=True)
+class Run:
+    """One MIL run's predictions file and what it is."""
+
+    encoder: str
+    model: str
+    fold: int
+    seed: int
+    predictions_csv: str
+
+    @property
+    def method(self) -> Method:
+        return self.encoder, self.model
+
+
+def parse_run_path(path: str | Path) -> Run:
+    """Run from .../{encoder}/{model}/fold{k}/seed{s}/predictions.csv (no seed{s} part: seed 0)."""
+    m = _RUN_PATH.search(Path(path).as_posix())
+    if not m:
+        raise ValueError(f"{path}: expected .../{{encoder}}/{{model}}/fold{{k}}/seed{{s}}/predictions.csv")
+    return Run(m["encoder"], m["model"], int(m["fold"]), int(m["seed"] or 0), str(path))
+
+
+def _as_run(run: Run | dict[str, Any]) -> Run:
+    if isinstance(run, Run):
+        return run
+    return Run(str(run["encoder"]), str(run["model"]), int(run["fold"]), int(run.get("seed", 0)),
+               str(run["predictions_csv"]))
+
+
+def load_predictions(predictions_csv: str | Path, classes: Sequence[str]) -> pd.DataFrame:
+    """predictions.csv -> columns slide_id, role, y (int class index), prob_<class> per class."""
     df = pd.read_csv(predictions_csv, dtype={"slide_id": str, "label": str, "role": str})
     cols = [f"prob_{c}" for c in classes]
-    missing = [c for c in ["label", "role", *cols] if c not in df.columns]
+    missing = [c for c in ["slide_id", "label", "role", *cols] if c not in df.columns]
     if missing:
         raise ValueError(f"{predictions_csv}: missing columns {missing}")
-    df = df[df["role"] == "test"]
     unknown = sorted(set(df["label"]) - set(classes))
     if unknown:
-        raise ValueError(f"{predictions_csv}: labels {unknown} are not among the classes {classes}")
-    y = df["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=int)
-    return y, df[cols].to_numpy(dtype=np.float64)
+        raise ValueError(f"{predictions_csv}: labels {unknown} are not among the classes {list(classes)}")
+    if df["slide_id"].duplicated().any():
+        raise ValueError(f"{predictions_csv}: slide {df['slide_id'][df['slide_id'].duplicated()].iloc[0]} twice")
+    df["y"] = df["label"].map({c: i for i, c in enumerate(classes)}).astype(int)
+    return df[["slide_id", "role", "y", *cols]]
 
 
 def _scores(prob: np.ndarray) -> np.ndarray:
-    """[N, 2] -> [N] positive-class probability (binary metrics); [N, C>2] kept."""
+    """[N, 2] -> [N] positive-class probability; [N, C>2] kept."""
     return prob[:, 1] if prob.shape[1] == 2 else prob
 
 
-def benchmark_table(runs: list[dict[str, Any]], classes: list[str], n_boot: int = 1000,
-                    seed: int = 0) -> pd.DataFrame:
-    """One row per (encoder, model, fold) on test slides, plus one 'summary' row per (encoder, model).
+def run_row(run: Run, df: pd.DataFrame, classes: Sequence[str]) -> tuple[dict[str, Any], np.ndarray]:
+    """Test metrics of one run at a threshold chosen on its validation slides.
 
-    runs: dicts with keys encoder, model, fold, predictions_csv. Columns: encoder, model, fold,
-    n_test, auc, balanced_accuracy, f1, auc_ci_lo, auc_ci_hi (bootstrap 95%, n_boot resamples),
-    and auc_sd, balanced_accuracy_sd, f1_sd (summary rows only: sd over folds, ddof=1).
+    Returns the benchmark_runs.csv row and the run's hard test predictions int [n_test].
     """
-    rows, pooled = [], {}
-    for run in runs:
-        y, prob = load_test_predictions(run["predictions_csv"], classes)
-        key = (str(run["encoder"]), str(run["model"]))
-        if len(y) == 0:
-            log.warning("%s/%s fold %s: no test slides in %s", *key, run["fold"], run["predictions_csv"])
-        p = _scores(prob)
-        lo, hi = bootstrap_ci(y, p, "auc", n=n_boot, seed=seed)
-        rows.append({"encoder": key[0], "model": key[1], "fold": int(run["fold"]), "n_test": len(y),
-                     **binary_metrics(y, p), "auc_ci_lo": lo, "auc_ci_hi": hi})
-        pooled.setdefault(key, []).append((y, prob))
-    folds = pd.DataFrame(rows, columns=COLUMNS[:9])
-    if folds.empty:
-        return pd.DataFrame(columns=COLUMNS)
-    if folds.duplicated(["encoder", "model", "fold"]).any():
-        raise ValueError("runs list the same (encoder, model, fold) twice")
+    cols = [f"prob_{c}" for c in classes]
+    val, test = df[df["role"] == "val"], df[df["role"] == "test"]
+    y_test, s_test = test["y"].to_numpy(), _scores(test[cols].to_numpy(dtype=np.float64))
+    if len(classes) == 2:
+        threshold, source = youden_threshold(val["y"].to_numpy(), _scores(val[cols].to_numpy(dtype=np.float64)))
+        if source != "youden":
+            log.warning("%s: validation slides cannot choose a threshold (one class, none, or no "
+                        "separation): 0.5 used", run.predictions_csv)
+    else:
+        threshold, source = float("nan"), "argmax"
+    pred = predict(s_test, 0.5 if np.isnan(threshold) else threshold)
+    row = {"encoder": run.encoder, "model": run.model, "fold": run.fold, "seed": run.seed,
+           "n_val": len(val), "n_test": len(test), "threshold": threshold, "threshold_source": source,
+           **binary_metrics(y_test, s_test, 0.5 if np.isnan(threshold) else threshold)}
+    return row, pred
 
-    out = []
-    for (enc, mod), g in folds.groupby(["encoder", "model"], sort=True):
-        g = g.sort_values("fold")
-        y = np.concatenate([a for a, _ in pooled[(enc, mod)]])
-        prob = np.concatenate([b for _, b in pooled[(enc, mod)]])
-        lo, hi = bootstrap_ci(y, _scores(prob), "auc", n=n_boot, seed=seed)
-        summary = {"encoder": enc, "model": mod, "fold": SUMMARY, "n_test": int(g["n_test"].sum()),
-                   "auc_ci_lo": lo, "auc_ci_hi": hi}
-        for m in METRICS:
-            vals = g[m].to_numpy(dtype=float)
-            finite = vals[np.isfinite(vals)]
-            summary[m] = float(finite.mean()) if finite.size else float("nan")
-            summary[f"{m}_sd"] = float(finite.std(ddof=1)) if finite.size > 1 else float("nan")
-        out.append(g.astype({"fold": object}))
-        out.append(pd.DataFrame([summary]))
-    table = pd.concat(out, ignore_index=True)
-    return table.reindex(columns=COLUMNS)
+
+@dataclass
+class Evaluation:
+    """Everything evaluate computes once and the tables, plot and claims read.
+
+    per_run: benchmark_runs.csv rows. summary: benchmark.csv rows. slides: (encoder, model) ->
+    DataFrame indexed by slide_id with y, prob_<class> (averaged over seeds), n_seeds, fold.
+    """
+
+    classes: list[str]
+    per_run: pd.DataFrame
+    summary: pd.DataFrame
+    slides: dict[Method, pd.DataFrame]
+
+    def prob(self, method: Method) -> np.ndarray:
+        return self.slides[method][[f"prob_{c}" for c in self.classes]].to_numpy(dtype=np.float64)
+
+
+def _seed_average(method: Method, tests: list[pd.DataFrame], classes: Sequence[str]) -> pd.DataFrame:
+    """Concatenated test rows of one method (with fold, seed columns) -> one row per slide."""
+    cols = [f"prob_{c}" for c in classes]
+    rows = pd.concat(tests, ignore_index=True)
+    twice = rows.duplicated(["slide_id", "seed"])
+    if twice.any():
+        sid, seed = rows.loc[twice, ["slide_id", "seed"]].iloc[0]
+        raise ValueError(f"{method[0]}/{method[1]}: slide {sid} is a test slide in two folds of seed {seed}: "
+                         "the predictions come from different fold tables (stale files?)")
+    g = rows.groupby("slide_id", sort=True)
+    if (g["y"].nunique() > 1).any() or (g["fold"].nunique() > 1).any():
+        raise ValueError(f"{method[0]}/{method[1]}: a slide's label or test fold differs between seeds")
+    out = g[cols].mean()
+    out.insert(0, "y", g["y"].first())
+    out["n_seeds"] = g["seed"].nunique()
+    out["fold"] = g["fold"].first()
+    return out
+
+
+def evaluate_runs(runs: Iterable[Run | dict[str, Any]], classes: Sequence[str], n_boot: int = 1000,
+                  seed: int = 0) -> Evaluation:
+    """Per-run rows, per-method summary rows and seed-averaged test predictions (module docstring)."""
+    classes = list(classes)
+    runs = sorted({_as_run(r) for r in runs}, key=lambda r: (r.encoder, r.model, r.fold, r.seed))
+    keys = [(r.encoder, r.model, r.fold, r.seed) for r in runs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("runs list the same (encoder, model, fold, seed) twice")
+    rows, preds, tests = [], {}, {}
+    for run in runs:
+        df = load_predictions(run.predictions_csv, classes)
+        row, pred = run_row(run, df, classes)
+        if row["n_test"] == 0:
+            log.warning("%s/%s fold %d seed %d: no test slides in %s", run.encoder, run.model, run.fold,
+                        run.seed, run.predictions_csv)
+        rows.append(row)
+        test = df[df["role"] == "test"].assign(fold=run.fold, seed=run.seed)
+        preds.setdefault(run.method, []).append((test["y"].to_numpy(), pred))
+        tests.setdefault(run.method, []).append(test)
+    per_run = pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+    summary, slides = [], {}
+    for method in sorted(tests):
+        slides[method] = sp = _seed_average(method, tests[method], classes)
+        prob = _scores(sp[[f"prob_{c}" for c in classes]].to_numpy(dtype=np.float64))
+        y = sp["y"].to_numpy()
+        lo, hi = auc_ci(y, prob, n_boot=n_boot, seed=seed)
+        g = per_run[(per_run["encoder"] == method[0]) & (per_run["model"] == method[1])]
+        fold_aucs = g["auc"].to_numpy(dtype=float)
+        fold_aucs = fold_aucs[np.isfinite(fold_aucs)]
+        y_all = np.concatenate([a for a, _ in preds[method]])
+        pred_all = np.concatenate([b for _, b in preds[method]])
+        summary.append({
+            "encoder": method[0], "model": method[1], "n_runs": len(g), "n_folds": g["fold"].nunique(),
+            "n_seeds": g["seed"].nunique(), "n_test_slides": len(sp), "pooled_auc": auc(y, prob),
+            "pooled_auc_ci_lo": lo, "pooled_auc_ci_hi": hi,
+            "fold_auc_mean": float(fold_aucs.mean()) if fold_aucs.size else float("nan"),
+            "fold_auc_sd": float(fold_aucs.std(ddof=1)) if fold_aucs.size > 1 else float("nan"),
+            **label_metrics(y_all, pred_all, len(classes))})
+    return Evaluation(classes, per_run, pd.DataFrame(summary, columns=SUMMARY_COLUMNS), slides)
+
+
+def compare(ev: Evaluation, a: Method, b: Method, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Paired comparison of methods a and b on the test slides both predicted (a comparisons.csv row)."""
+    for m in (a, b):
+        if m not in ev.slides:
+            raise KeyError(f"no predictions for {m[0]}/{m[1]}")
+    sa, sb = ev.slides[a], ev.slides[b]
+    common = sa.index.intersection(sb.index).sort_values()
+    if (sa.loc[common, "y"] != sb.loc[common, "y"]).any():
+        raise ValueError(f"{a[0]}/{a[1]} and {b[0]}/{b[1]} disagree on test labels")
+    cols = [f"prob_{c}" for c in ev.classes]
+    y = sa.loc[common, "y"].to_numpy()
+    pa = _scores(sa.loc[common, cols].to_numpy(dtype=np.float64))
+    pb = _scores(sb.loc[common, cols].to_numpy(dtype=np.float64))
+    boot = paired_auc_bootstrap(y, pa, pb, n_boot=n_boot, seed=seed)
+    p_delong = delong_test(y, pa, pb)["p"] if pa.ndim == 1 else float("nan")
+    return {"a_encoder": a[0], "a_model": a[1], "b_encoder": b[0], "b_model": b[1], "n_slides": len(common),
+            "n_seeds_a": int(sa["n_seeds"].max()), "n_seeds_b": int(sb["n_seeds"].max()),
+            "auc_a": boot["auc_a"], "auc_b": boot["auc_b"], "auc_diff": boot["diff"],
+            "diff_ci_lo": boot["ci_lo"], "diff_ci_hi": boot["ci_hi"], "p_value": boot["p"],
+            "p_delong": p_delong}
+
+
+def parse_method(text: str) -> Method:
+    """'encoder/model' -> (encoder, model)."""
+    parts = str(text).split("/")
+    if len(parts) != 2 or not all(parts):
+        raise ValueError(f"config evaluate.compare: {text!r} is not 'encoder/model'")
+    return parts[0], parts[1]
+
+
+def comparison_pairs(methods: Iterable[Method], baseline_encoder: str, baseline_model: str | None,
+                     extra: Sequence[dict[str, str]] = ()) -> list[tuple[Method, Method, str]]:
+    """(a, b, source) pairs, a - b reported: every encoder vs the baseline encoder under the same model
+    (source "encoder"), every model vs the baseline model on the same encoder ("model"), then the
+    configured pairs ("config"; each {a: 'encoder/model', b: 'encoder/model'}), without repeats."""
+    methods = sorted(set(methods))
+    have = set(methods)
+    pairs: list[tuple[Method, Method, str]] = []
+    for enc, mod in methods:
+        if enc != baseline_encoder and (baseline_encoder, mod) in have:
+            pairs.append(((enc, mod), (baseline_encoder, mod), "encoder"))
+    for enc, mod in methods:
+        if baseline_model and mod != baseline_model and (enc, baseline_model) in have:
+            pairs.append(((enc, mod), (enc, baseline_model), "model"))
+    seen = {(a, b) for a, b, _ in pairs}
+    for item in extra:
+        a, b = parse_method(item["a"]), parse_method(item["b"])
+        for m in (a, b):
+            if m not in have:
+                raise ValueError(f"config evaluate.compare: {m[0]}/{m[1]} has no predictions "
+                                 f"(benchmarked: {[f'{e}/{o}' for e, o in methods]})")
+        if (a, b) not in seen:
+            pairs.append((a, b, "config"))
+            seen.add((a, b))
+    return pairs
+
+
+def comparisons_table(ev: Evaluation, pairs: Sequence[tuple[Method, Method, str]], n_boot: int = 1000,
+                      seed: int = 0) -> pd.DataFrame:
+    """One comparisons.csv row per pair (COMPARISON_COLUMNS)."""
+    rows = [{**compare(ev, a, b, n_boot, seed), "source": src} for a, b, src in pairs]
+    return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+
+
+def resolve_baselines(methods: Iterable[Method], params: dict[str, Any],
+                      encoder_order: Sequence[str] = ()) -> tuple[str, str | None]:
+    """(baseline encoder, baseline model) from config `evaluate` (baseline_encoder: null = the first
+    benchmarked encoder in config order; baseline_model default abmil, None when not benchmarked)."""
+    methods = set(methods)
+    encoders = [e for e in encoder_order if any(m[0] == e for m in methods)]
+    encoders += sorted({e for e, _ in methods} - set(encoders))
+    models = {m for _, m in methods}
+    base_enc = params.get("baseline_encoder") or (encoders[0] if encoders else "")
+    if methods and base_enc not in encoders:
+        raise ValueError(f"config evaluate.baseline_encoder {base_enc!r} has no predictions "
+                         f"(benchmarked encoders: {encoders})")
+    base_mod = params.get("baseline_model", "abmil")
+    if base_mod not in models:
+        log.warning("baseline model %r is not benchmarked (%s): no model comparisons", base_mod, sorted(models))
+        base_mod = None
+    return base_enc, base_mod
 
 
 def _roc_points(y: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -107,42 +311,71 @@ def _atomic_path(final: Path) -> Path:
     return final.with_name(f".{final.name}.tmp-{os.getpid()}")
 
 
-def write_benchmark(runs: list[dict[str, Any]], classes: list[str], out_csv: str | Path,
-                    plot_png: str | Path, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Write benchmark_table(runs) to out_csv and a pooled-test ROC plot to plot_png (atomically)."""
+def write_csv(table: pd.DataFrame, path: str | Path) -> None:
+    """Write a table via a temp name, so a killed job never leaves a half-written CSV."""
+    path = Path(path)
+    tmp = _atomic_path(path)
+    table.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def plot_roc(ev: Evaluation, plot_png: str | Path) -> None:
+    """ROC curves of the seed-averaged test predictions pooled over folds, one per method."""
     import matplotlib
 
     matplotlib.use("Agg")  # headless cluster nodes
     import matplotlib.pyplot as plt
 
-    table = benchmark_table(runs, classes, n_boot=n_boot, seed=seed)
-    out_csv, plot_png = Path(out_csv), Path(plot_png)
-    tmp = _atomic_path(out_csv)
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, out_csv)
-
-    pooled: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray]]] = {}
-    for run in runs:
-        pooled.setdefault((str(run["encoder"]), str(run["model"])), []).append(
-            load_test_predictions(run["predictions_csv"], classes))
-    auc_name = "macro AUC" if len(classes) > 2 else "AUC"
+    multi = len(ev.classes) > 2
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    for (enc, mod), parts in sorted(pooled.items()):
-        y = np.concatenate([a for a, _ in parts])
-        prob = np.concatenate([b for _, b in parts])
+    for (enc, mod), sp in sorted(ev.slides.items()):
+        y, prob = sp["y"].to_numpy(), ev.prob((enc, mod))
         if len(np.unique(y)) < 2:
             log.warning("%s/%s: test slides of one class only, no ROC curve", enc, mod)
             continue
         fpr, tpr = _roc_points(y, prob)
-        ax.plot(fpr, tpr, lw=1.5, label=f"{enc} / {mod} ({auc_name} {auc(y, _scores(prob)):.3f})")
+        name = "macro AUC" if multi else "AUC"
+        ax.plot(fpr, tpr, lw=1.5, label=f"{enc} / {mod} ({name} {auc(y, _scores(prob)):.3f})")
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
-    title = "ROC, test slides pooled over folds" + (" (micro-average)" if len(classes) > 2 else "")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title,
-           xlim=(0, 1), ylim=(0, 1.01))
+    title = "ROC, test slides pooled over folds, seeds averaged" + (" (micro-average)" if multi else "")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
+    ax.set_title(title, fontsize="medium")
     ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
+    plot_png = Path(plot_png)
     tmp = _atomic_path(plot_png)
     fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
     os.replace(tmp, plot_png)
-    return table
+
+
+def write_evaluation(runs: Iterable[Run | dict[str, Any]], classes: Sequence[str], out: dict[str, str | Path],
+                     params: dict[str, Any] | None = None, encoders: Sequence[dict[str, Any]] = (),
+                     models: dict[str, Any] | list[str] | None = None, n_boot: int = 1000,
+                     seed: int = 0) -> Evaluation:
+    """Compute and write every evaluate output.
+
+    out: paths for keys table (benchmark.csv), runs (benchmark_runs.csv), plot (roc.png) and
+    optionally comparisons (comparisons.csv) and claims (claims.csv). params: config `evaluate`
+    (baseline_encoder, baseline_model, compare, claim_margin). encoders: config `encoders` (names in
+    order + metadata the claims read); models: config `mil.models` (run parameters the claims read).
+    """
+    from slidemil.claims import ClaimContext, claims_table, normalise_models
+
+    params = params or {}
+    ev = evaluate_runs(runs, classes, n_boot=n_boot, seed=seed)
+    write_csv(ev.summary, out["table"])
+    write_csv(ev.per_run, out["runs"])
+    plot_roc(ev, out["plot"])
+    base_enc, base_mod = resolve_baselines(ev.slides, params, [e["name"] for e in encoders])
+    if out.get("comparisons"):
+        pairs = comparison_pairs(ev.slides, base_enc, base_mod, params.get("compare") or [])
+        write_csv(comparisons_table(ev, pairs, n_boot, seed), out["comparisons"])
+    if out.get("claims"):
+        ctx = ClaimContext(encoders=list(encoders), methods=set(ev.slides), baseline_encoder=base_enc,
+                           baseline_model=params.get("baseline_model", "abmil"),
+                           margin=float(params.get("claim_margin", 0.02)),
+                           compare=lambda a, b: compare(ev, a, b, n_boot, seed),
+                           models=normalise_models(models) or {m: {} for _, m in ev.slides})
+        write_csv(claims_table(ctx), out["claims"])
+    return ev

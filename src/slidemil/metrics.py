@@ -55,31 +55,56 @@ def auc(y_true: np.ndarray, prob: np.ndarray) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
-def binary_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
-    """AUC, balanced accuracy and F1 for slide predictions.
+def label_metrics(y_true: np.ndarray, pred: np.ndarray, n_classes: int = 2) -> dict[str, float]:
+    """Balanced accuracy, F1, sensitivity and specificity of hard predictions.
 
-    y_true: int [N] class indices. prob: [N] positive-class probability (prediction is
-    prob >= threshold; F1 of class 1) or [N, C] class probabilities (C == 2 is treated as
-    binary on column 1; C > 2: argmax prediction, macro F1, one-vs-rest macro AUC).
+    y_true, pred: int [N] class indices. n_classes == 2: F1 of class 1, sensitivity = recall of
+    class 1, specificity = recall of class 0 (nan when that class is absent). n_classes > 2:
+    macro F1, balanced accuracy = mean recall, sensitivity/specificity nan (no single positive
+    class).
     """
     y = np.asarray(y_true).astype(int).ravel()
-    p = _as_prob(prob)
-    if len(y) != len(p):
-        raise ValueError(f"y_true has {len(y)} rows, prob {len(p)}")
+    pred = np.asarray(pred).astype(int).ravel()
+    nan = float("nan")
     if len(y) == 0:
-        return {"auc": float("nan"), "balanced_accuracy": float("nan"), "f1": float("nan")}
-    if p.ndim == 1:
-        pred = (p >= threshold).astype(int)
+        return {"balanced_accuracy": nan, "f1": nan, "sensitivity": nan, "specificity": nan}
+    if n_classes == 2:
         f1_kw: dict = {"average": "binary", "pos_label": 1, "labels": [0, 1]}
     else:
-        pred = p.argmax(axis=1)
-        f1_kw = {"average": "macro", "labels": list(range(p.shape[1]))}
+        f1_kw = {"average": "macro", "labels": list(range(n_classes))}
     with warnings.catch_warnings():
         # One-class resamples warn about ill-defined scores; the values returned are what we want.
         warnings.simplefilter("ignore")
         bacc = float(balanced_accuracy_score(y, pred))
         f1 = float(f1_score(y, pred, zero_division=0, **f1_kw))
-    return {"auc": auc(y, p), "balanced_accuracy": bacc, "f1": f1}
+    sens = spec = nan
+    if n_classes == 2:
+        sens = float((pred[y == 1] == 1).mean()) if (y == 1).any() else nan
+        spec = float((pred[y != 1] == 0).mean()) if (y != 1).any() else nan
+    return {"balanced_accuracy": bacc, "f1": f1, "sensitivity": sens, "specificity": spec}
+
+
+def predict(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Hard predictions int [N]: prob >= threshold for [N] (or [N, 2]) scores, argmax for [N, C>2]."""
+    p = _as_prob(prob)
+    return (p >= threshold).astype(int) if p.ndim == 1 else p.argmax(axis=1)
+
+
+def binary_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """AUC, balanced accuracy, F1, sensitivity and specificity for slide predictions.
+
+    y_true: int [N] class indices. prob: [N] positive-class probability (prediction is
+    prob >= threshold; F1 of class 1) or [N, C] class probabilities (C == 2 is treated as
+    binary on column 1; C > 2: argmax prediction, macro F1, one-vs-rest macro AUC, and
+    sensitivity/specificity nan: they need one positive class).
+    """
+    y = np.asarray(y_true).astype(int).ravel()
+    p = _as_prob(prob)
+    if len(y) != len(p):
+        raise ValueError(f"y_true has {len(y)} rows, prob {len(p)}")
+    n_classes = 2 if p.ndim == 1 else p.shape[1]
+    return {"auc": auc(y, p) if len(y) else float("nan"),
+            **label_metrics(y, predict(p, threshold), n_classes)}
 
 
 def _metric_fn(metric: str | Metric, threshold: float = 0.5) -> Metric:
