@@ -40,6 +40,16 @@ def test_embed_writes_float16_features_with_coords(tmp_path):
     np.testing.assert_allclose(read_features(tmp_path / "g.zarr").features, f.features, atol=1e-2)
 
 
+def test_workers_give_the_same_features(tmp_path):
+    _store(tmp_path / "t.zarr", 9)
+    spec = EncoderSpec("r", depth=1, input_size=32, batch_size=4)
+    embed_slide(tmp_path / "t.zarr", tmp_path / "a.zarr", spec, 0, device="cpu", progress=False)
+    embed_slide(tmp_path / "t.zarr", tmp_path / "b.zarr", EncoderSpec("r", depth=1, input_size=32, batch_size=4,
+                                                                      workers=2), 0, device="cpu", progress=False)
+    np.testing.assert_array_equal(read_features(tmp_path / "a.zarr").features, read_features(tmp_path / "b.zarr").features)
+    assert zarr.open_group(str(tmp_path / "a.zarr"), mode="r").attrs["input_size"] == 32
+
+
 def test_empty_store_gives_empty_features(tmp_path):
     _store(tmp_path / "t.zarr", 0)
     assert embed_slide(tmp_path / "t.zarr", tmp_path / "f.zarr", EncoderSpec("r", depth=1), 0, progress=False) == 0
@@ -53,6 +63,6 @@ def test_local_weights_load_and_missing_file_is_a_clear_error(tmp_path):
     net = torchvision.models.resnet18(weights=None)
     torch.save(net.state_dict(), tmp_path / "w.pt")
     enc = build_encoder(EncoderSpec("r", weights=str(tmp_path / "w.pt")), seed=99)
-    assert torch.equal(enc[0].weight, net.conv1.weight) and torch.equal(enc[7][1].conv2.weight, net.layer4[1].conv2.weight)
+    assert torch.equal(enc.conv1.weight, net.conv1.weight) and torch.equal(enc.layer4[1].conv2.weight, net.layer4[1].conv2.weight)
     with pytest.raises(FileNotFoundError, match="nope.pt.*offline"):
         build_encoder(EncoderSpec("r", weights=str(tmp_path / "nope.pt")), 0)
