@@ -115,3 +115,10 @@ def test_normalise_models():
     assert normalise_models(["mean", "abmil"]) == {"mean": {}, "abmil": {}}
     assert normalise_models({"a": None, "b": {"model": "srmil"}}) == {"a": {}, "b": {"model": "srmil"}}
     assert normalise_models(None) == {}
+
+
+def test_ssl_objective_names_are_registered():
+    from slidemil.claims import SSL_OBJECTIVES
+    from slidemil.ssl.losses import OBJECTIVES
+
+    assert set(SSL_OBJECTIVES) | {"weaksupcon"} <= set(OBJECTIVES)

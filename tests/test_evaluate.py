@@ -65,11 +65,13 @@ def test_summary_estimators(preds):
     assert list(ev.summary.columns) == SUMMARY_COLUMNS and list(ev.per_run.columns) == RUN_COLUMNS
     s = ev.summary.set_index(["encoder", "model"]).loc[("e1", "abmil")]
     assert (s["n_runs"], s["n_folds"], s["n_seeds"], s["n_test_slides"]) == (4, 2, 2, 8)
-    # pooled_auc: probabilities averaged over the two seeds, then one AUC over both folds' slides.
+    # pooled_auc: per seed one AUC over both folds' test slides, then the mean over seeds.
     y = np.array([0, 0, 1, 1, 0, 0, 1, 1])
     runs = PROBS[("e1", "abmil")]
-    avg = np.concatenate([np.mean([runs[(f, 0)], runs[(f, 1)]], axis=0) for f in (0, 1)])
-    assert s["pooled_auc"] == pytest.approx(roc_auc_score(y, avg))
+    per_seed = [roc_auc_score(y, np.concatenate([runs[(0, s)], runs[(1, s)]])) for s in (0, 1)]
+    assert s["pooled_auc"] == pytest.approx(np.mean(per_seed))
+    ensemble = np.concatenate([np.mean([runs[(f, 0)], runs[(f, 1)]], axis=0) for f in (0, 1)])
+    assert roc_auc_score(y, ensemble) != pytest.approx(np.mean(per_seed))  # the test can tell them apart
     assert s["pooled_auc_ci_lo"] <= s["pooled_auc"] <= s["pooled_auc_ci_hi"]
     # fold_auc_*: over the 4 runs, AUCs 1, 0.5, 0.75, 1.
     assert s["fold_auc_mean"] == pytest.approx(np.mean([1, 0.5, 0.75, 1]))
@@ -205,3 +207,19 @@ def test_multiclass_does_not_crash(tmp_path):
     comp = pd.read_csv(out["comparisons"]).iloc[0]
     assert (comp["a_model"], comp["b_model"]) == ("mean", "abmil") and comp["auc_diff"] < 0
     assert math.isnan(comp["p_delong"]) and 0 < comp["p_value"] <= 1
+
+
+def test_seed_counts_may_differ_and_incomplete_slides_are_left_out(tmp_path, caplog):
+    a = [_write(tmp_path, "a", "abmil", f, s, [0.1, 0.2, 0.8, 0.9]) for f in (0, 1) for s in (0, 1, 2)]
+    b = [_write(tmp_path, "b", "abmil", f, 0, [0.3, 0.2, 0.1, 0.4]) for f in (0, 1)]
+    lost = tmp_path / "results/mil/a/abmil/fold1/seed2/predictions.csv"
+    df = pd.read_csv(lost)
+    df[df["slide_id"] != "f1_3"].to_csv(lost, index=False)  # seed 2 lost one test slide
+    ev = evaluate_runs([parse_run_path(p) for p in a + b], CLASSES, n_boot=0)
+    s = ev.summary.set_index("encoder")
+    assert s.loc["a", "n_seeds"] == 3 and s.loc["a", "n_test_slides"] == 7 and s.loc["b", "n_seeds"] == 1
+    assert "1 test slides lack a prediction for some seed" in caplog.text
+    assert ev.probs[("a", "abmil")].shape == (3, 7, 2)
+    row = compare(ev, ("a", "abmil"), ("b", "abmil"), n_boot=100)
+    assert (row["n_slides"], row["n_seeds_a"], row["n_seeds_b"]) == (7, 3, 1)
+    assert row["auc_a"] == 1.0 and row["auc_diff"] > 0

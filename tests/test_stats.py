@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from slidemil.stats import (auc_ci, delong_test, paired_auc_bootstrap, stratified_bootstrap_indices,
-                            youden_threshold)
+from slidemil.metrics import auc
+from slidemil.stats import (auc_ci, bootstrap_auc, delong_test, paired_auc_bootstrap, seed_mean_auc,
+                            stratified_bootstrap_indices, youden_threshold)
 
 Y4 = np.array([0, 0, 1, 1])
 A4 = np.array([0.1, 0.6, 0.4, 0.8])  # AUC 3/4
@@ -109,12 +110,57 @@ def test_paired_multiclass_and_one_class():
     y = np.repeat(np.arange(3), 10)
     good = np.eye(3)[y] * 0.8 + 0.1
     flat = np.full((30, 3), 1 / 3)
-    r = paired_auc_bootstrap(y, good, flat, n_boot=200)
+    r = paired_auc_bootstrap(y, good[None], flat[None], n_boot=200)  # [S=1, N, C]
     assert r["auc_a"] == 1.0 and r["auc_b"] == 0.5 and r["ci_lo"] == pytest.approx(0.5)
     r = paired_auc_bootstrap(np.ones(5), np.arange(5.0), np.arange(5.0), n_boot=50)
     assert math.isnan(r["diff"]) and math.isnan(r["p"])
-    with pytest.raises(ValueError, match="prob_b"):
-        paired_auc_bootstrap(y, good, flat[:5])
+    with pytest.raises(ValueError, match="N = 30 slides"):
+        paired_auc_bootstrap(y, good[None], flat[None, :5])
+    with pytest.raises(ValueError, match="N = 30 slides"):  # [N, C] without the seed axis is refused
+        paired_auc_bootstrap(y, good, flat)
+
+
+def test_seed_mean_auc_is_not_the_ensemble():
+    """Two seeds, AUC 3/4 and 1: the method's AUC is 7/8, whatever averaging the scores would give."""
+    assert seed_mean_auc(Y4, np.stack([A4, PERFECT4])) == pytest.approx(0.875)
+    assert seed_mean_auc(Y4, A4) == pytest.approx(0.75)
+    # Two seeds that each rank one pair wrongly but average to a perfect ranking.
+    s1, s2 = np.array([0.1, 0.5, 0.4, 0.9]), np.array([0.5, 0.1, 0.9, 0.4])
+    assert seed_mean_auc(Y4, np.stack([s1, s2])) == pytest.approx(0.75)
+    assert auc(Y4, (s1 + s2) / 2) == pytest.approx(1.0)
+
+
+def test_vectorised_bootstrap_equals_ranking_each_resample():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 60)
+    probs = np.round(rng.random((3, 60)) + 0.4 * y, 1)  # three seeds, many ties
+    idx = stratified_bootstrap_indices(y, 50, seed=4)
+    expected = [np.mean([auc(y[i], p[i]) for p in probs]) for i in idx]
+    np.testing.assert_allclose(bootstrap_auc(y, probs, idx), expected, atol=1e-12)
+    # all-ones counts: the point estimate
+    assert bootstrap_auc(y, probs, np.arange(60)[None])[0] == pytest.approx(seed_mean_auc(y, probs))
+
+
+def test_delong_with_seeds_averages_components():
+    rng = np.random.default_rng(8)
+    y = np.repeat([0, 1], 15)
+    a = rng.random((2, 30)) + 0.5 * y
+    b = rng.random((3, 30)) + 0.2 * y
+    pos, neg = y == 1, y == 0
+
+    def components(scores):
+        psi = [(s[pos][:, None] > s[neg][None, :]) + 0.5 * (s[pos][:, None] == s[neg][None, :]) for s in scores]
+        psi = np.mean(psi, axis=0)
+        return psi.mean(), psi.mean(1), psi.mean(0)
+
+    (auc_a, v10a, v01a), (auc_b, v10b, v01b) = components(a), components(b)
+    cov = np.cov(np.stack([v10a, v10b])) / 15 + np.cov(np.stack([v01a, v01b])) / 15
+    r = delong_test(y, a, b)
+    assert r["auc_a"] == pytest.approx(seed_mean_auc(y, a)) and r["auc_b"] == pytest.approx(seed_mean_auc(y, b))
+    assert r["se"] == pytest.approx(math.sqrt(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]))
+    # the same scores repeated over seeds change nothing
+    single = delong_test(y, a[0], b[0])
+    assert delong_test(y, np.stack([a[0]] * 3), b[0])["p"] == pytest.approx(single["p"])
 
 
 def test_youden_threshold():

@@ -16,9 +16,11 @@ slidemil.evaluate.compare) and gives each a verdict:
 Conventions the claims expect in config `encoders` entries (all optional; an entry without them
 takes part in no claim):
 
-* objective: the pretraining loss: weaksupcon, supcon, or an SSL objective (simclr, byol, vicreg,
-  barlow_twins, dino); none/absent for random or ImageNet encoders;
-* sampler: augment | spatial, the positive-pair sampler of an SSL encoder (absent: augment);
+* objective: the pretraining loss as registered in slidemil.ssl.losses: weaksupcon, supcon,
+  supcon_hnm, or an SSL objective (simclr, byol, vicreg, barlow, dino); absent for random or
+  ImageNet encoders;
+* sampler: augment | spatial | mixed (slidemil.ssl.samplers), the positive-pair sampler (absent:
+  augment); the spatial-pairs claim compares spatial with augment (mixed takes part in none);
 * hnm_round: int, the hard-negative-mining round (0 = the encoder the loop starts from), and
   hnm_base: the name of that round-0 encoder (may be omitted when exactly one encoder has
   hnm_round 0);
@@ -42,7 +44,8 @@ from typing import Any, Callable
 import pandas as pd
 
 Method = tuple[str, str]  # (encoder, model)
-SSL_OBJECTIVES = ("simclr", "byol", "vicreg", "barlow_twins", "dino")
+# Label-free objectives of slidemil.ssl.losses' registry (names as registered there; a test checks).
+SSL_OBJECTIVES = ("simclr", "byol", "vicreg", "barlow", "dino")
 SRMIL_DEFAULT_W_GEN = 1.8  # slidemil.mil.models.srmil's default reconstruction weight
 CLAIM_COLUMNS = ["claim", "paper", "statement", "comparison", "a_encoder", "a_model", "b_encoder", "b_model",
                  "n_slides", "auc_a", "auc_b", "auc_diff", "diff_ci_lo", "diff_ci_hi", "p_value", "verdict",

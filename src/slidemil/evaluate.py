@@ -7,24 +7,24 @@ Test labels are read here and nowhere else; validation slides serve the threshol
 
 Estimators, with the column names that carry them:
 
-* `pooled_auc` (benchmark.csv): each test slide's probability averaged over seeds, then one AUC
-  over the test slides of all folds (the out-of-fold estimate; with k-fold every slide is tested
-  once). `pooled_auc_ci_lo/hi`: stratified percentile bootstrap 95% CI of it over slides
-  (positives and negatives resampled separately; slidemil.stats). This is the number comparisons
-  and claims use, so a benchmark row and a comparison row about the same method agree. With
-  several seeds it is the AUC of a seed ensemble, which is what a user deploying the method
-  would get by averaging its seeds.
+* `pooled_auc` (benchmark.csv): per seed, one AUC over the test slides of all folds (the
+  out-of-fold estimate; with k-fold every slide is tested once), then the mean over seeds: what
+  one training run of the method achieves. Not the AUC of seed-averaged probabilities, which
+  would score a seed ensemble and flatter methods whose seeds disagree. `pooled_auc_ci_lo/hi`:
+  stratified percentile bootstrap 95% CI over slides (positives and negatives resampled
+  separately, the same slides for every seed; slidemil.stats). Comparisons and claims use the
+  same estimator, so a benchmark row and a comparison row about one method agree.
 * `fold_auc_mean`, `fold_auc_sd` (benchmark.csv): mean and sd (ddof 1) of the per-run test AUC
   over folds x seeds (runs whose test part has one class only are left out): the spread a
-  single training run shows.
+  single (fold, seed) run shows.
 * `balanced_accuracy`, `f1`, `sensitivity`, `specificity`: each run classifies its test slides at
   a threshold chosen on that run's validation slides only (Youden's J, slidemil.stats;
   0.5 when validation has one class or no evidence); the confusion counts are pooled over folds
   x seeds. C > 2 classes: argmax, macro F1, sensitivity/specificity nan. Per-run values in
   benchmark_runs.csv.
-* comparisons.csv: AUC(A) - AUC(B) of the seed-averaged probabilities on the test slides that
-  both A and B predicted, with a paired stratified bootstrap 95% CI and two-sided p-value
-  (`p_value`), and DeLong's p-value (`p_delong`, binary tasks) beside it.
+* comparisons.csv: AUC(A) - AUC(B) (pooled_auc as above) on the test slides that both A and B
+  predicted, with a paired stratified bootstrap 95% CI and two-sided p-value (`p_value`), and
+  DeLong's p-value (`p_delong`, binary tasks) beside it.
 
 Multiclass tasks (C > 2) use one-vs-rest macro AUC throughout.
 """
@@ -41,8 +41,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from slidemil.metrics import auc, binary_metrics, label_metrics, predict
-from slidemil.stats import auc_ci, delong_test, paired_auc_bootstrap, youden_threshold
+from slidemil.metrics import binary_metrics, label_metrics, predict
+from slidemil.stats import auc_ci, delong_test, paired_auc_bootstrap, seed_mean_auc, youden_threshold
 
 log = logging.getLogger(__name__)
 
@@ -138,20 +138,21 @@ class Evaluation:
     """Everything evaluate computes once and the tables, plot and claims read.
 
     per_run: benchmark_runs.csv rows. summary: benchmark.csv rows. slides: (encoder, model) ->
-    DataFrame indexed by slide_id with y, prob_<class> (averaged over seeds), n_seeds, fold.
+    DataFrame indexed by slide_id (sorted) with y and fold, the test slides of every seed;
+    probs: (encoder, model) -> float [S, N, C] test probabilities, seeds sorted, rows as `slides`.
     """
 
     classes: list[str]
     per_run: pd.DataFrame
     summary: pd.DataFrame
     slides: dict[Method, pd.DataFrame]
+    probs: dict[Method, np.ndarray]
+    seeds: dict[Method, list[int]]
 
-    def prob(self, method: Method) -> np.ndarray:
-        return self.slides[method][[f"prob_{c}" for c in self.classes]].to_numpy(dtype=np.float64)
 
-
-def _seed_average(method: Method, tests: list[pd.DataFrame], classes: Sequence[str]) -> pd.DataFrame:
-    """Concatenated test rows of one method (with fold, seed columns) -> one row per slide."""
+def _seed_matrix(method: Method, tests: list[pd.DataFrame], classes: Sequence[str]
+                 ) -> tuple[pd.DataFrame, np.ndarray, list[int]]:
+    """Test rows of one method (with fold, seed columns) -> (slides [N] y/fold, probs [S, N, C], seeds)."""
     cols = [f"prob_{c}" for c in classes]
     rows = pd.concat(tests, ignore_index=True)
     twice = rows.duplicated(["slide_id", "seed"])
@@ -162,16 +163,21 @@ def _seed_average(method: Method, tests: list[pd.DataFrame], classes: Sequence[s
     g = rows.groupby("slide_id", sort=True)
     if (g["y"].nunique() > 1).any() or (g["fold"].nunique() > 1).any():
         raise ValueError(f"{method[0]}/{method[1]}: a slide's label or test fold differs between seeds")
-    out = g[cols].mean()
-    out.insert(0, "y", g["y"].first())
-    out["n_seeds"] = g["seed"].nunique()
-    out["fold"] = g["fold"].first()
-    return out
+    seeds = sorted(rows["seed"].unique().tolist())
+    per_slide = g["seed"].nunique()
+    keep = per_slide.index[per_slide == len(seeds)]
+    if len(keep) < len(per_slide):  # e.g. a seed's run lost slides: compare seeds on the same slides
+        log.warning("%s/%s: %d test slides lack a prediction for some seed and are left out",
+                    *method, len(per_slide) - len(keep))
+    slides = pd.DataFrame({"y": g["y"].first(), "fold": g["fold"].first()}).loc[keep]
+    probs = np.stack([rows[rows["seed"] == s].set_index("slide_id").loc[keep, cols].to_numpy(dtype=np.float64)
+                      for s in seeds]) if len(seeds) else np.zeros((0, 0, len(cols)))
+    return slides, probs, seeds
 
 
 def evaluate_runs(runs: Iterable[Run | dict[str, Any]], classes: Sequence[str], n_boot: int = 1000,
                   seed: int = 0) -> Evaluation:
-    """Per-run rows, per-method summary rows and seed-averaged test predictions (module docstring)."""
+    """Per-run rows, per-method summary rows and per-seed test predictions (module docstring)."""
     classes = list(classes)
     runs = sorted({_as_run(r) for r in runs}, key=lambda r: (r.encoder, r.model, r.fold, r.seed))
     keys = [(r.encoder, r.model, r.fold, r.seed) for r in runs]
@@ -190,12 +196,12 @@ def evaluate_runs(runs: Iterable[Run | dict[str, Any]], classes: Sequence[str], 
         tests.setdefault(run.method, []).append(test)
     per_run = pd.DataFrame(rows, columns=RUN_COLUMNS)
 
-    summary, slides = [], {}
+    summary, slides, probs, seeds = [], {}, {}, {}
     for method in sorted(tests):
-        slides[method] = sp = _seed_average(method, tests[method], classes)
-        prob = _scores(sp[[f"prob_{c}" for c in classes]].to_numpy(dtype=np.float64))
-        y = sp["y"].to_numpy()
-        lo, hi = auc_ci(y, prob, n_boot=n_boot, seed=seed)
+        sl, pr, sd = _seed_matrix(method, tests[method], classes)
+        slides[method], probs[method], seeds[method] = sl, pr, sd
+        y = sl["y"].to_numpy()
+        lo, hi = auc_ci(y, pr, n_boot=n_boot, seed=seed)
         g = per_run[(per_run["encoder"] == method[0]) & (per_run["model"] == method[1])]
         fold_aucs = g["auc"].to_numpy(dtype=float)
         fold_aucs = fold_aucs[np.isfinite(fold_aucs)]
@@ -203,12 +209,12 @@ def evaluate_runs(runs: Iterable[Run | dict[str, Any]], classes: Sequence[str], 
         pred_all = np.concatenate([b for _, b in preds[method]])
         summary.append({
             "encoder": method[0], "model": method[1], "n_runs": len(g), "n_folds": g["fold"].nunique(),
-            "n_seeds": g["seed"].nunique(), "n_test_slides": len(sp), "pooled_auc": auc(y, prob),
+            "n_seeds": g["seed"].nunique(), "n_test_slides": len(sl), "pooled_auc": seed_mean_auc(y, pr) if len(sl) else np.nan,
             "pooled_auc_ci_lo": lo, "pooled_auc_ci_hi": hi,
             "fold_auc_mean": float(fold_aucs.mean()) if fold_aucs.size else float("nan"),
             "fold_auc_sd": float(fold_aucs.std(ddof=1)) if fold_aucs.size > 1 else float("nan"),
             **label_metrics(y_all, pred_all, len(classes))})
-    return Evaluation(classes, per_run, pd.DataFrame(summary, columns=SUMMARY_COLUMNS), slides)
+    return Evaluation(classes, per_run, pd.DataFrame(summary, columns=SUMMARY_COLUMNS), slides, probs, seeds)
 
 
 def compare(ev: Evaluation, a: Method, b: Method, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
@@ -220,17 +226,21 @@ def compare(ev: Evaluation, a: Method, b: Method, n_boot: int = 1000, seed: int 
     common = sa.index.intersection(sb.index).sort_values()
     if (sa.loc[common, "y"] != sb.loc[common, "y"]).any():
         raise ValueError(f"{a[0]}/{a[1]} and {b[0]}/{b[1]} disagree on test labels")
-    cols = [f"prob_{c}" for c in ev.classes]
     y = sa.loc[common, "y"].to_numpy()
-    pa = _scores(sa.loc[common, cols].to_numpy(dtype=np.float64))
-    pb = _scores(sb.loc[common, cols].to_numpy(dtype=np.float64))
+    pa = _scores_3d(ev.probs[a][:, sa.index.get_indexer(common)])
+    pb = _scores_3d(ev.probs[b][:, sb.index.get_indexer(common)])
     boot = paired_auc_bootstrap(y, pa, pb, n_boot=n_boot, seed=seed)
-    p_delong = delong_test(y, pa, pb)["p"] if pa.ndim == 1 else float("nan")
+    p_delong = delong_test(y, pa, pb)["p"] if pa.ndim == 2 else float("nan")
     return {"a_encoder": a[0], "a_model": a[1], "b_encoder": b[0], "b_model": b[1], "n_slides": len(common),
-            "n_seeds_a": int(sa["n_seeds"].max()), "n_seeds_b": int(sb["n_seeds"].max()),
+            "n_seeds_a": len(ev.seeds[a]), "n_seeds_b": len(ev.seeds[b]),
             "auc_a": boot["auc_a"], "auc_b": boot["auc_b"], "auc_diff": boot["diff"],
             "diff_ci_lo": boot["ci_lo"], "diff_ci_hi": boot["ci_hi"], "p_value": boot["p"],
             "p_delong": p_delong}
+
+
+def _scores_3d(probs: np.ndarray) -> np.ndarray:
+    """[S, N, 2] -> [S, N] positive-class probability; [S, N, C>2] kept."""
+    return probs[:, :, 1] if probs.shape[2] == 2 else probs
 
 
 def parse_method(text: str) -> Method:
@@ -328,16 +338,22 @@ def plot_roc(ev: Evaluation, plot_png: str | Path) -> None:
 
     multi = len(ev.classes) > 2
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    for (enc, mod), sp in sorted(ev.slides.items()):
-        y, prob = sp["y"].to_numpy(), ev.prob((enc, mod))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, ((enc, mod), sl) in enumerate(sorted(ev.slides.items())):
+        y, probs = sl["y"].to_numpy(), ev.probs[(enc, mod)]
         if len(np.unique(y)) < 2:
             log.warning("%s/%s: test slides of one class only, no ROC curve", enc, mod)
             continue
-        fpr, tpr = _roc_points(y, prob)
+        n_seeds = len(probs)
         name = "macro AUC" if multi else "AUC"
-        ax.plot(fpr, tpr, lw=1.5, label=f"{enc} / {mod} ({name} {auc(y, _scores(prob)):.3f})")
+        label = f"{enc} / {mod} ({name} {seed_mean_auc(y, _scores_3d(probs)):.3f}"
+        label += f", mean of {n_seeds} seeds)" if n_seeds > 1 else ")"
+        for s, p in enumerate(probs):  # one curve per seed: the spread between training runs shows
+            fpr, tpr = _roc_points(y, p)
+            ax.plot(fpr, tpr, lw=1.2, alpha=0.8 if n_seeds > 1 else 1.0, c=colours[k % len(colours)],
+                    label=label if s == 0 else None)
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
-    title = "ROC, test slides pooled over folds, seeds averaged" + (" (micro-average)" if multi else "")
+    title = "ROC, test slides pooled over folds, one curve per seed" + (" (micro-average)" if multi else "")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
     ax.set_title(title, fontsize="medium")
     ax.legend(loc="lower right", fontsize="small")
