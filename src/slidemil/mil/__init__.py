@@ -1,4 +1,4 @@
-"""MIL slide classifiers (registry in `models`) and their training loop (`train`)."""
+"""MIL slide classifiers (registry in `models`), their losses, bags and the training loop (`train`)."""
 
 from slidemil.mil.models import MIL_MODELS, build_mil, register_mil
 

@@ -2,18 +2,25 @@
 
 One bag (slide) per optimisation step, as in ABMIL/CLAM/TransMIL: bags differ in size by orders
 of magnitude, so batching would need padding and masks for no gain in the demo or on one GPU.
-The checkpoint kept is the epoch with the lowest validation loss (ties: the earliest); the test
-slides are never looked at before the final prediction, unlike papers that report the best
-test-set epoch.
+With `mirank: true` a step is one (positive, negative) pair instead, as HNM-WSI trains DSMIL
+(each epoch pairs shuffled positive and negative bags, min(#pos, #neg) steps). One loop for every
+model: the loss is the model's own (`model.loss`), plus MIRank on pairs.
+The checkpoint kept is the epoch with the lowest validation loss (bag cross-entropy of the
+model's logits, the same criterion for every model; ties: the earliest); the test slides are
+never looked at before the final prediction, unlike papers that report the best test-set epoch.
+
+Bags come from a mapping slide_id -> features [N, D] or `SlideBag`; `FeatureStoreBags` reads the
+feature stores on access and keeps at most `cache_mb` of them in memory, so a job's peak memory
+does not grow with the number of slides.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import sys
 from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -27,13 +34,80 @@ from tqdm import tqdm
 
 from slidemil import __version__
 from slidemil.metrics import auc
-from slidemil.mil.models import MIL_MODELS, build_mil
-from slidemil.store import read_features
+from slidemil.mil.bag import Bag
+from slidemil.mil.losses.mirank import pair_loss
+from slidemil.mil.models import MIL_MODELS, MilOutput, build_mil
+from slidemil.mil.params import TRAIN_DEFAULTS
 
 log = logging.getLogger(__name__)
 
-TRAIN_DEFAULTS: dict[str, Any] = {"epochs": 40, "lr": 2e-4, "weight_decay": 1e-4}
-MODEL_DEFAULTS: dict[str, Any] = {"hidden": 128, "dropout": 0.25}
+
+@dataclass
+class SlideBag:
+    """A bag on the host: features [N, D] (float16 as stored, or float32), positions, graph."""
+
+    features: np.ndarray
+    coords: np.ndarray | None = None  # int [N, 2] level-0 (x, y)
+    grid: np.ndarray | None = None  # int [N, 2] (col, row)
+    graph: tuple[np.ndarray, np.ndarray] | None = None  # CSR (indptr, indices)
+    graph_radius: int | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.features.shape)  # type: ignore[return-value]
+
+
+class FeatureStoreBags(Mapping):
+    """slide_id -> SlideBag read from `<features_dir>/<slide>.zarr` (+ `<graphs_dir>/<slide>.npz`).
+
+    Bags are read when asked for; the first `cache_mb` of them stay in memory (small cohorts are
+    read once), the rest are read again at each access (large cohorts stream), so peak memory is
+    bounded by cache_mb plus one bag, whatever the number of slides.
+    """
+
+    def __init__(self, features_dir: str | Path, slide_ids: list[str], graphs_dir: str | Path | None = None,
+                 cache_mb: float = 2048) -> None:
+        import zarr
+
+        self.features_dir = Path(features_dir)
+        self.graphs_dir = Path(graphs_dir) if graphs_dir else None
+        self.ids = list(slide_ids)
+        self.cache: dict[str, SlideBag] = {}
+        self.cache_left = float(cache_mb) * 2**20
+        self.shapes = {s: tuple(zarr.open_group(str(self._path(s)), mode="r")["features"].shape) for s in self.ids}
+
+    def _path(self, sid: str) -> Path:
+        return self.features_dir / f"{sid}.zarr"
+
+    def shape(self, sid: str) -> tuple[int, int]:
+        return self.shapes[sid]  # type: ignore[return-value]
+
+    def attrs(self, sid: str) -> dict[str, Any]:
+        import zarr
+
+        return dict(zarr.open_group(str(self._path(sid)), mode="r").attrs)
+
+    def __getitem__(self, sid: str) -> SlideBag:
+        if sid in self.cache:
+            return self.cache[sid]
+        import zarr
+
+        g = zarr.open_group(str(self._path(sid)), mode="r")
+        bag = SlideBag(np.asarray(g["features"][:]), np.asarray(g["coords"][:]), np.asarray(g["grid"][:]))
+        gpath = self.graphs_dir / f"{sid}.npz" if self.graphs_dir else None
+        if gpath is not None and gpath.exists():
+            with np.load(gpath) as z:
+                bag.graph, bag.graph_radius = (z["indptr"], z["indices"]), int(z["radius"])
+        if bag.features.nbytes <= self.cache_left:
+            self.cache[sid] = bag
+            self.cache_left -= bag.features.nbytes
+        return bag
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 @dataclass
@@ -81,12 +155,9 @@ def deterministic(seed: int, device: torch.device) -> Iterator[None]:
 
 
 def split_params(model: str, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(training params with defaults, model constructor params with the defaults it accepts)."""
+    """(training params with defaults, model constructor params); the model's own defaults stand."""
     train = {**TRAIN_DEFAULTS, **{k: v for k, v in params.items() if k in TRAIN_DEFAULTS}}
-    explicit = {k: v for k, v in params.items() if k not in TRAIN_DEFAULTS}
-    accepted = set(inspect.signature(MIL_MODELS[model].__init__).parameters) if model in MIL_MODELS else set()
-    model_params = {**{k: v for k, v in MODEL_DEFAULTS.items() if k in accepted}, **explicit}
-    return train, model_params
+    return train, {k: v for k, v in params.items() if k not in TRAIN_DEFAULTS}
 
 
 class Standardized(nn.Module):
@@ -103,16 +174,32 @@ class Standardized(nn.Module):
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor | Bag) -> MilOutput:
+        if isinstance(x, Bag):
+            return self.inner(x.with_features((x.features - self.mean) / self.std))
         return self.inner((x - self.mean) / self.std)
 
+    def loss(self, out: MilOutput, target: torch.Tensor) -> torch.Tensor:
+        return self.inner.loss(out, target)
 
-def feature_stats(bags: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-dimension mean and std over all instances of `bags` (float64 accumulation)."""
-    n = sum(len(b) for b in bags)
-    total = sum(b.astype(np.float64).sum(0) for b in bags)
+
+def _features(b: np.ndarray | SlideBag) -> np.ndarray:
+    return b.features if isinstance(b, SlideBag) else b
+
+
+def feature_stats(bags: Mapping[str, np.ndarray | SlideBag] | list, ids: list[str] | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and std over all instances of the bags (float64, one bag at a time).
+
+    bags: a list of [N, D] arrays, or a mapping with the `ids` to use (read twice, never all held).
+    """
+    items = (lambda: (bags[s] for s in ids)) if ids is not None else (lambda: iter(bags))
+    n, total = 0, 0.0
+    for b in items():
+        x = _features(b).astype(np.float64)
+        n, total = n + len(x), total + x.sum(0)
     mean = total / n
-    var = sum(((b.astype(np.float64) - mean) ** 2).sum(0) for b in bags) / n
+    var = sum(((_features(b).astype(np.float64) - mean) ** 2).sum(0) for b in items()) / n
     return mean, np.sqrt(var) + 1e-6
 
 
@@ -126,39 +213,60 @@ def load_mil(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     return net.eval(), cfg
 
 
-def _bag(x: np.ndarray, device: torch.device) -> torch.Tensor:
-    # Bags may be kept as float16 (as stored) to halve host memory; compute in float32.
-    return torch.from_numpy(np.ascontiguousarray(x)).to(device=device, dtype=torch.float32)
+def _bag(b: np.ndarray | SlideBag, device: torch.device, sid: str = "") -> Bag:
+    """Host bag -> Bag on `device`; features may be kept float16 (as stored), computed in float32."""
+    x = torch.from_numpy(np.ascontiguousarray(_features(b))).to(device=device, dtype=torch.float32)
+    if not isinstance(b, SlideBag):
+        return Bag(x, slide_id=sid)
+    return Bag(x, b.coords, b.grid, b.graph, b.graph_radius, slide_id=sid)
 
 
-def _evaluate(net: nn.Module, ids: list[str], bags: dict[str, np.ndarray], labels: dict[str, int],
+def _shape(bags: Mapping, sid: str) -> tuple[int, int]:
+    """(N, D) of a bag without reading it when the mapping knows (FeatureStoreBags)."""
+    if hasattr(bags, "shape"):
+        return bags.shape(sid)
+    return tuple(np.shape(_features(bags[sid])))  # type: ignore[return-value]
+
+
+def _steps(train_ids: list[str], labels: dict[str, int], rng: np.random.Generator, mirank: bool) -> list[list[str]]:
+    """One epoch's steps: single bags in random order, or (positive, negative) pairs for MIRank."""
+    if not mirank:
+        return [[train_ids[i]] for i in rng.permutation(len(train_ids))]
+    pos = [s for s in train_ids if labels[s] == 1]
+    neg = [s for s in train_ids if labels[s] == 0]
+    pos, neg = [pos[i] for i in rng.permutation(len(pos))], [neg[i] for i in rng.permutation(len(neg))]
+    return [[p, n] for p, n in zip(pos, neg)]
+
+
+def _evaluate(net: nn.Module, ids: list[str], bags: Mapping, labels: dict[str, int],
               device: torch.device) -> tuple[float, np.ndarray]:
-    """Mean cross-entropy and probabilities [len(ids), C] over `ids` (eval mode, no grad)."""
+    """Mean bag cross-entropy and probabilities [len(ids), C] over `ids` (eval mode, no grad)."""
     net.eval()
     losses, probs = [], []
     with torch.no_grad():
         for sid in ids:
-            logits, _ = net(_bag(bags[sid], device))
+            logits, _ = net(_bag(bags[sid], device, sid))
             y = torch.tensor([labels[sid]], device=device)
             losses.append(F.cross_entropy(logits[None], y).item())
             probs.append(torch.softmax(logits, dim=0).cpu().numpy())
     return float(np.mean(losses)), np.stack(probs)
 
 
-def train_mil(bags: dict[str, np.ndarray], labels: dict[str, int], roles: dict[str, str], model: str,
-              n_classes: int, params: dict, seed: int, device: str = "cpu") -> MilResult:
+def train_mil(bags: Mapping[str, np.ndarray | SlideBag], labels: dict[str, int], roles: dict[str, str],
+              model: str, n_classes: int, params: dict, seed: int, device: str = "cpu") -> MilResult:
     """Train MIL model `model` on the 'train' bags, select the epoch on the 'val' bags.
 
-    bags: slide_id -> features [N, D] (float16/32); labels: slide_id -> class index in [0, C);
-    roles: slide_id -> 'train' | 'val' | 'test'. params: epochs, lr, weight_decay (AdamW) and
-    the model's own (hidden, dropout, ...). Empty bags are skipped with a warning.
+    bags: slide_id -> features [N, D] (float16/32) or SlideBag (features + grid + graph, which
+    TransMIL and SRMIL need); labels: slide_id -> class index in [0, C); roles: slide_id ->
+    'train' | 'val' | 'test'. params: training keys (epochs, lr, weight_decay for AdamW; mirank,
+    mirank_k, mirank_weight) and the model's own. Empty bags are skipped with a warning.
     Returns probabilities and instance scores for every non-empty slide with a role.
     """
     ids, skipped = [], []
     for sid in sorted(roles):
         if sid not in bags:
             raise KeyError(f"slide {sid!r} has a role but no bag")
-        if bags[sid].shape[0] == 0:
+        if _shape(bags, sid)[0] == 0:
             log.warning("slide %s has no tiles (empty bag): skipped", sid)
             skipped.append(sid)
             continue
@@ -173,16 +281,22 @@ def train_mil(bags: dict[str, np.ndarray], labels: dict[str, int], roles: dict[s
         raise ValueError("no non-empty training bags")
     if not val_ids:
         log.warning("no validation slides: the last epoch is kept (no model selection)")
-    dims = {bags[s].shape[1] for s in ids}
+    dims = {_shape(bags, s)[1] for s in ids}
     if len(dims) != 1:
         raise ValueError(f"bags have different feature dimensions {sorted(dims)}")
     in_dim = dims.pop()
 
     train_p, model_p = split_params(model, params)
+    mirank = bool(train_p["mirank"])
+    if mirank:
+        if n_classes != 2 or not MIL_MODELS[model].has_instance_logits:
+            raise ValueError(f"mirank needs two classes and a model with instance logits ({model}, C={n_classes})")
+        if not {labels[s] for s in train_ids} >= {0, 1}:
+            raise ValueError("mirank needs positive and negative training bags")
     dev = resolve_device(device)
     history: list[dict[str, float]] = []
     with deterministic(seed, dev):
-        mean, std = feature_stats([bags[s] for s in train_ids])
+        mean, std = feature_stats(bags, train_ids)
         net = Standardized(build_mil(model, in_dim, n_classes, **model_p), mean, std).to(dev)
         opt = torch.optim.AdamW(net.parameters(), lr=float(train_p["lr"]),
                                 weight_decay=float(train_p["weight_decay"]))
@@ -194,10 +308,14 @@ def train_mil(bags: dict[str, np.ndarray], labels: dict[str, int], roles: dict[s
         for epoch in bar:
             net.train()
             losses = []
-            for i in rng.permutation(len(train_ids)):
-                sid = train_ids[i]
-                logits, _ = net(_bag(bags[sid], dev))
-                loss = F.cross_entropy(logits[None], torch.tensor([labels[sid]], device=dev))
+            for step in _steps(train_ids, labels, rng, mirank):
+                outs = [net(_bag(bags[s], dev, s)) for s in step]
+                own = [net.loss(o, torch.tensor(labels[s], device=dev)) for o, s in zip(outs, step)]
+                if mirank:  # step = (positive, negative)
+                    loss = pair_loss(own[0], own[1], outs[0].instance_logits, outs[1].instance_logits,
+                                     float(train_p["mirank_weight"]), int(train_p["mirank_k"]))
+                else:
+                    loss = own[0]
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -220,7 +338,7 @@ def train_mil(bags: dict[str, np.ndarray], labels: dict[str, int], roles: dict[s
         probs, scores = {}, {}
         with torch.no_grad():
             for sid in ids:
-                logits, inst = net(_bag(bags[sid], dev))
+                logits, inst = net(_bag(bags[sid], dev, sid))
                 probs[sid] = torch.softmax(logits, dim=0).cpu().numpy().astype(np.float64)
                 scores[sid] = inst.cpu().numpy().astype(np.float32)
     log.info("%s: best validation epoch %d of %d (val loss %.4f)", model, best_epoch,
@@ -235,11 +353,13 @@ def train_mil(bags: dict[str, np.ndarray], labels: dict[str, int], roles: dict[s
 
 def run_fold(features_dir: str | Path, fold_table_csv: str | Path, samples_tsv: str | Path, fold: int,
              model: str, params: dict, out_dir: str | Path, seed: int, classes: list[str], *,
-             device: str = "cpu", threads: int | None = None) -> None:
+             device: str = "cpu", threads: int | None = None, graphs_dir: str | Path | None = None,
+             cache_mb: float = 2048) -> None:
     """Train `model` on fold `fold` and write its outputs to `out_dir`.
 
-    Reads `<features_dir>/<slide_id>.zarr` for the fold's slides (empty stores skipped with a
-    warning), labels from samples_tsv (column `label`, class names in `classes`; index = class
+    Streams `<features_dir>/<slide_id>.zarr` (+ `<graphs_dir>/<slide_id>.npz`, the neighbour
+    graph, when given) for the fold's slides, keeping at most `cache_mb` of features in memory
+    (empty stores skipped with a warning), labels from samples_tsv (column `label`, class names in `classes`; index = class
     id), roles from the long fold table (slide_id, fold, role). Writes, each via a temp name:
     model.pt (state_dict + config), predictions.csv (slide_id, label, role, prob_<class>..., pred),
     attention.npz (test slide_id -> instance scores [N]), history.csv (epoch, train_loss,
@@ -258,26 +378,25 @@ def run_fold(features_dir: str | Path, fold_table_csv: str | Path, samples_tsv: 
         raise ValueError(f"slides in the fold table but not in {samples_tsv}: {missing[:10]}")
     class_index = {c: i for i, c in enumerate(classes)}
 
-    bags: dict[str, np.ndarray] = {}
+    store = FeatureStoreBags(features_dir, list(table["slide_id"]), graphs_dir, cache_mb)
     labels: dict[str, int] = {}
     roles: dict[str, str] = {}
     for sid, role in zip(table["slide_id"], table["role"]):
         label = str(samples.at[sid, "label"])
         if label not in class_index:
             raise ValueError(f"slide {sid}: label {label!r} is not one of the classes {classes}")
-        feats = read_features(features_dir / f"{sid}.zarr")
-        if feats.features.shape[0] == 0:  # a zero-instance bag never reaches MIL
-            if feats.attrs.get("status") == "failed":
+        if store.shape(sid)[0] == 0:  # a zero-instance bag never reaches MIL
+            attrs = store.attrs(sid)
+            if attrs.get("status") == "failed":
                 log.warning("slide %s skipped: it failed in preprocessing (%s)", sid,
-                            feats.attrs.get("reason") or "no reason recorded")
+                            attrs.get("reason") or "no reason recorded")
             else:
                 log.warning("slide %s skipped: no tissue tiles (empty feature store)", sid)
             continue
-        bags[sid] = feats.features.astype(np.float16)  # as stored; halves memory vs float32
         labels[sid], roles[sid] = class_index[label], role
 
-    result = train_mil(bags, labels, roles, model, len(classes), params, seed, device)
-    skipped = sorted(set(table["slide_id"]) - set(bags)) + result.skipped
+    result = train_mil(store, labels, roles, model, len(classes), params, seed, device)
+    skipped = sorted(set(table["slide_id"]) - set(roles)) + result.skipped
     config = {**result.config, "classes": list(classes), "fold": int(fold), "skipped": skipped,
               "params": dict(params)}
 

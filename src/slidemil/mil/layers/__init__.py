@@ -1,0 +1,1 @@
+"""Building blocks of the MIL models: Nystrom attention (TransMIL), graph attention (SRMIL)."""

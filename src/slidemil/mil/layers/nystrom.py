@@ -1,0 +1,67 @@
+"""Nystrom self-attention (Xiong et al., AAAI 2021, "Nystromformer") in plain torch.
+
+Same arithmetic as lucidrains/nystrom-attention 0.0.9 (the package TransMIL imports): the
+sequence is zero-padded at the front to a multiple of m landmarks; landmarks are segment means of
+q and k; softmax(Q K~^T) pinv(softmax(Q~ K~^T)) softmax(Q~ K^T) V with the pseudo-inverse from 6
+Moore-Penrose iterations; plus a depthwise Conv over the sequence of values (kernel 33) as the
+residual. Memory is O(n m) per head, so a bag of 50,000 tiles fits on a CPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def moore_penrose_pinv(x: torch.Tensor, iters: int = 6) -> torch.Tensor:
+    """Iterative pseudo-inverse of x [..., m, m] (Razavi et al. 2014), as in nystrom-attention."""
+    abs_x = x.abs()
+    z = x.transpose(-1, -2) / (abs_x.sum(-1).max() * abs_x.sum(-2).max())
+    eye = torch.eye(x.shape[-1], device=x.device, dtype=x.dtype)
+    for _ in range(iters):
+        xz = x @ z
+        z = 0.25 * z @ (13 * eye - (xz @ (15 * eye - (xz @ (7 * eye - xz)))))
+    return z
+
+
+class NystromAttention(nn.Module):
+    """x [B, n, dim] -> [B, n, dim]; heads x dim_head inner width, m landmarks."""
+
+    def __init__(self, dim: int, heads: int = 8, dim_head: int = 64, num_landmarks: int = 256,
+                 pinv_iterations: int = 6, residual_kernel: int = 33, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.heads, self.m, self.iters = heads, num_landmarks, pinv_iterations
+        self.scale = dim_head ** -0.5
+        inner = heads * dim_head
+        self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(dropout))
+        pad = residual_kernel // 2
+        self.res_conv = nn.Conv2d(heads, heads, (residual_kernel, 1), padding=(pad, 0), groups=heads, bias=False)
+
+    def forward(self, x: torch.Tensor, query_index: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Returns (output [B, n, dim], attention of token `query_index` over all n tokens [B, n]
+        averaged over heads, or None). The attention row uses the same Nystrom factors."""
+        b, n, _ = x.shape
+        h, m = self.heads, self.m
+        pad = (m - n % m) % m
+        if pad:
+            x = F.pad(x, (0, 0, pad, 0))
+        q, k, v = self.to_qkv(x).chunk(3, dim=-1)
+        q, k, v = (t.reshape(b, -1, h, t.shape[-1] // h).transpose(1, 2) for t in (q, k, v))  # [B, h, n', d]
+        q = q * self.scale
+        seg = math.ceil(n / m)
+        q_l = q.reshape(b, h, m, seg, -1).sum(3) / seg  # [B, h, m, d]
+        k_l = k.reshape(b, h, m, seg, -1).sum(3) / seg
+        attn1 = torch.softmax(q @ k_l.transpose(-1, -2), dim=-1)  # [B, h, n', m]
+        attn2 = torch.softmax(q_l @ k_l.transpose(-1, -2), dim=-1)  # [B, h, m, m]
+        attn3 = torch.softmax(q_l @ k.transpose(-1, -2), dim=-1)  # [B, h, m, n']
+        left = attn1 @ moore_penrose_pinv(attn2, self.iters)  # [B, h, n', m]
+        out = left @ (attn3 @ v) + self.res_conv(v)  # [B, h, n', d]
+        out = self.to_out(out.transpose(1, 2).reshape(b, out.shape[2], -1))[:, -n:]
+        row = None
+        if query_index is not None:
+            row = (left[:, :, pad + query_index: pad + query_index + 1] @ attn3)[:, :, 0, pad:].mean(1)  # [B, n]
+        return out, row
