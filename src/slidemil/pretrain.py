@@ -1,0 +1,351 @@
+"""Encoder pretraining: backbone + projection head + pair sampler + objective, seeded and resumable.
+
+One framework for every objective in slidemil.ssl.losses: the two views of B pairs go through
+the network in one forward pass (BatchNorm sees both, as in the authors' code), projections are
+L2-normalised for contrastive objectives, BYOL/DINO keep an EMA teacher. A checkpoint is written
+atomically after every epoch (`<out dir>/checkpoints/last.pt`); a restarted job (SLURM preemption)
+resumes from it and ends with the same weights as an uninterrupted run: every epoch re-seeds
+torch and the augmentation generator from (seed, epoch), and pairs are drawn per (seed, epoch, item).
+
+Scopes (DESIGN.md "Encoders, folds and scopes"): `all` trains once on every slide's tiles without
+labels (transductive: test tiles are seen, never their labels); `fold{k}` trains on the training
+slides of fold k only, the only scope allowed for objectives that use slide labels.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slidemil.encoders import EncoderSpec, get_entry, load_checkpoint
+from slidemil.ssl.augment import AugmentParams, BatchAugment
+from slidemil.ssl.data import PairDataset, SlideSource
+from slidemil.ssl.losses import OBJECTIVES, build_objective
+from slidemil.ssl.losses.base import HeadSpec
+from slidemil.ssl.samplers import build_sampler
+
+log = logging.getLogger(__name__)
+FORMAT = "slidemil-encoder"
+AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class PretrainParams:
+    """One entry of config `pretrain` (the entry's name becomes an encoder of the benchmark)."""
+
+    objective: str = "simclr"  # slidemil.ssl.losses.OBJECTIVES
+    objective_args: dict = field(default_factory=dict)  # e.g. {temperature: 0.2}
+    sampler: str = "augment"  # augment | spatial | mixed
+    radius: int = 1  # Chebyshev radius of spatial pairs
+    p: float = 0.5  # mixed: probability that a pair is spatial
+    backbone: str = "resnet18"  # slidemil.encoders arch
+    depth: int | None = None  # backbone override (ResNet stages / ViT blocks)
+    weights: str | None = None  # initial weights (local file, e.g. ImageNet); None: seeded random init
+    input_size: int | None = None  # crop size fed to the network; None: the backbone's own
+    epochs: int = 10
+    batch_size: int = 64  # pairs per step (2 x batch_size images per forward pass)
+    tiles_per_epoch: int = 4096  # anchor tiles drawn per epoch (a random subset when the cohort has more)
+    lr: float = 0.05
+    optimizer: str = "sgd"  # sgd (momentum 0.9) | adamw
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 0.0  # linear warm-up, then cosine decay to 0
+    head: dict = field(default_factory=dict)  # HeadSpec overrides: hidden, out, layers, bn, predictor_hidden
+    augment: dict = field(default_factory=dict)  # AugmentParams overrides
+    ema: float = 0.99  # BYOL/DINO teacher momentum, raised to 1 along a cosine
+    balance_labels: bool | None = None  # half negative-slide, half positive-slide tiles per batch; None: if labels used
+    scope: str = "auto"  # auto (fold{k} if labels are used, else all) | all | folds
+    workers: int = 2  # DataLoader workers reading and decoding tiles
+    precision: str = "bf16"  # autocast dtype on CUDA (fp32 | fp16 | bf16); the CPU runs fp32
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PretrainParams":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown pretrain keys {sorted(unknown)}; known: {sorted(names)}")
+        return cls(**d)
+
+    @property
+    def uses_labels(self) -> bool:
+        return OBJECTIVES[self.objective].uses_labels
+
+    def digest(self) -> str:
+        """Hash of everything that shapes the weights (not `workers`): a checkpoint resumes only if it matches."""
+        d = dataclasses.asdict(self)
+        d.pop("workers")
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def scopes_of(params: PretrainParams, n_folds: int) -> list[str]:
+    """Scopes an entry is trained in: `all`, or `fold0..fold{n-1}` (always when it uses labels)."""
+    if params.scope not in ("auto", "all", "folds"):
+        raise ValueError(f"pretrain scope must be auto, all or folds, got {params.scope!r}")
+    if params.uses_labels and params.scope == "all":
+        raise ValueError(f"objective {params.objective} uses slide labels: it must be trained per fold "
+                         "(scope folds), never on the whole cohort")
+    if params.uses_labels or params.scope == "folds":
+        return [f"fold{k}" for k in range(n_folds)]
+    return ["all"]
+
+
+def training_slides(folds_csv: str | Path, fold: int) -> list[str]:
+    """Slide ids with role `train` in fold `fold` of results/folds.csv (slide_id, fold, role).
+
+    Validation slides are left out too: their labels serve model selection only.
+    """
+    import pandas as pd
+
+    t = pd.read_csv(folds_csv, dtype={"slide_id": str})
+    if fold not in set(t["fold"]):
+        raise ValueError(f"{folds_csv} has no fold {fold}")
+    return sorted(t.loc[(t["fold"] == fold) & (t["role"] == "train"), "slide_id"].tolist())
+
+
+def parse_scope(scope: str) -> int | None:
+    """'all' -> None, 'fold3' -> 3."""
+    if scope == "all":
+        return None
+    if scope.startswith("fold") and scope[4:].isdigit():
+        return int(scope[4:])
+    raise ValueError(f"scope must be 'all' or 'fold<k>', got {scope!r}")
+
+
+def mlp(d_in: int, hidden: int, out: int, layers: int, bn: bool) -> nn.Sequential:
+    """layers-1 x (Linear, [BatchNorm1d], ReLU) then Linear: [B, d_in] -> [B, out]."""
+    mods: list[nn.Module] = []
+    d = d_in
+    for _ in range(layers - 1):
+        mods += [nn.Linear(d, hidden)] + ([nn.BatchNorm1d(hidden)] if bn else []) + [nn.ReLU(inplace=True)]
+        d = hidden
+    mods.append(nn.Linear(d, out))
+    return nn.Sequential(*mods)
+
+
+class SSLNet(nn.Module):
+    """backbone [B,3,S,S] -> [B,D] -> projector -> [B,P] (-> predictor for BYOL)."""
+
+    def __init__(self, backbone: nn.Module, dim: int, head: HeadSpec) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.projector = mlp(dim, head.hidden or dim, head.out, head.layers, head.bn)
+        self.predictor = (mlp(head.out, head.predictor_hidden, head.out, 2, True)
+                          if head.predictor_hidden else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.backbone(x))
+
+
+def resolve_head(params: PretrainParams) -> HeadSpec:
+    base = OBJECTIVES[params.objective].default_head
+    return dataclasses.replace(base, **params.head)
+
+
+def build_model(params: PretrainParams, seed: int) -> tuple[SSLNet, int]:
+    """Seeded SSL network and its backbone width."""
+    entry = get_entry(params.backbone)
+    torch.manual_seed(seed)
+    spec = EncoderSpec("pretrain", arch=params.backbone, depth=params.depth)
+    backbone = entry.build(**spec.overrides())
+    if params.weights:
+        load_checkpoint(backbone, params.weights, f"pretrain init {params.backbone}")
+    size = params.input_size or entry.input_size
+    with torch.no_grad():
+        was = backbone.training
+        dim = int(backbone.eval()(torch.zeros(1, 3, size, size)).shape[-1])
+        backbone.train(was)
+    return SSLNet(backbone, dim, resolve_head(params)), dim
+
+
+def lr_at(params: PretrainParams, step: int, steps_per_epoch: int) -> float:
+    total = params.epochs * steps_per_epoch
+    warm = params.warmup_epochs * steps_per_epoch
+    if step < warm:
+        return params.lr * (step + 1) / warm
+    t = (step - warm) / max(1, total - warm)
+    return params.lr * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def make_optimizer(params: PretrainParams, model: nn.Module) -> torch.optim.Optimizer:
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if params.optimizer == "sgd":
+        return torch.optim.SGD(trainable, lr=params.lr, momentum=0.9, weight_decay=params.weight_decay)
+    if params.optimizer == "adamw":
+        return torch.optim.AdamW(trainable, lr=params.lr, weight_decay=params.weight_decay)
+    raise ValueError(f"optimizer must be sgd or adamw, got {params.optimizer!r}")
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, m: float) -> None:
+    """teacher <- m * teacher + (1 - m) * student, by name (the teacher has no BYOL predictor); buffers copied."""
+    params = dict(student.named_parameters())
+    for name, pt in teacher.named_parameters():
+        pt.mul_(m).add_(params[name].detach(), alpha=1 - m)
+    buffers = dict(student.named_buffers())
+    for name, bt in teacher.named_buffers():
+        bt.copy_(buffers[name])
+
+
+def atomic_save(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def pair_views(model: SSLNet, teacher: SSLNet | None, x1: torch.Tensor, x2: torch.Tensor, objective,
+               device: torch.device, precision: str):
+    """One forward pass over cat([x1, x2]) -> (z1, z2, t1, t2) in float32, normalised when asked."""
+    b = x1.shape[0]
+    ctx = (torch.autocast("cuda", dtype=AUTOCAST[precision]) if device.type == "cuda" and precision in AUTOCAST
+           else torch.autocast("cpu", enabled=False))
+    with ctx:
+        z = model(torch.cat([x1, x2]))
+        if model.predictor is not None:
+            z = model.predictor(z)
+        t = None
+        if teacher is not None:
+            with torch.no_grad():
+                t = teacher(torch.cat([x1, x2])).float()
+    z = z.float()
+    if objective.normalize:
+        z = F.normalize(z, dim=1)
+    t1, t2 = (t[:b], t[b:]) if t is not None else (None, None)
+    return z[:b], z[b:], t1, t2
+
+
+def pretrain(sources: list[SlideSource], params: PretrainParams, out: str | Path, seed: int,
+             device: str = "auto", on_epoch_end: Callable[[int], None] | None = None,
+             progress: bool = False) -> dict:
+    """Train and write `out` (encoder.pt: backbone weights + how to feed them); returns its metadata.
+
+    sources: the slides of this scope (with labels when the objective uses them). Resumes from
+    `<out dir>/checkpoints/last.pt` when it was written with the same params, seed and slides.
+    """
+    from slidemil.embed import pick_device
+
+    out = Path(out)
+    dev = pick_device(device)
+    objective = build_objective(params.objective, **({"out_dim": resolve_head(params).out}
+                                                     if params.objective == "dino" else {}),
+                                **params.objective_args).to(dev)
+    if objective.uses_labels and any(s.label is None or s.label < 0 for s in sources):
+        raise ValueError(f"objective {params.objective} needs a label for every slide")
+    entry = get_entry(params.backbone)
+    size = params.input_size or entry.input_size
+    sampler = build_sampler(params.sampler, **({"radius": params.radius} if params.sampler != "augment" else {}),
+                            **({"p": params.p} if params.sampler == "mixed" else {}))
+    balance = params.balance_labels if params.balance_labels is not None else objective.uses_labels
+    ds = PairDataset(sources, sampler, params.batch_size, params.tiles_per_epoch, seed, balance_labels=balance)
+    model, dim = build_model(params, seed)
+    model = model.to(dev).to(memory_format=torch.channels_last)
+    teacher = copy.deepcopy(model).requires_grad_(False) if objective.teacher else None
+    if teacher is not None:
+        teacher.predictor = None
+    opt = make_optimizer(params, model)
+    aug = BatchAugment(AugmentParams.from_dict(params.augment), size, entry.mean, entry.std)
+    slides = [s.slide_id for s in sources]
+    key = {"digest": params.digest(), "seed": seed, "slides": hashlib.sha256("\n".join(slides).encode()).hexdigest()}
+    ckpt_path = out.parent / "checkpoints" / "last.pt"
+    start, history = 0, []
+    if ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location=dev, weights_only=False)
+        if ck.get("key") == key:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            objective.load_state_dict(ck["objective"])
+            if teacher is not None:
+                teacher.load_state_dict(ck["teacher"])
+            start, history = ck["epoch"] + 1, ck["history"]
+            log.info("resuming %s from epoch %d (%s)", out, start, ckpt_path)
+        else:
+            log.warning("%s was written with other params, seed or slides: starting afresh", ckpt_path)
+    ds.set_epoch(0)
+    steps_per_epoch = len(ds) // params.batch_size
+    for epoch in range(start, params.epochs):
+        torch.manual_seed(seed * 100003 + epoch)
+        g = torch.Generator().manual_seed(seed * 100003 + epoch)
+        ds.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(ds, batch_size=params.batch_size, shuffle=False, drop_last=True,
+                                             num_workers=params.workers, pin_memory=dev.type == "cuda",
+                                             prefetch_factor=4 if params.workers else None)
+        model.train()
+        t0, losses, n_spatial, n_pairs = time.time(), [], 0, 0
+        for step, (a, b, labels, spatial) in enumerate(loader):
+            it = epoch * steps_per_epoch + step
+            for group in opt.param_groups:
+                group["lr"] = lr_at(params, it, steps_per_epoch)
+            x1 = aug(a.to(dev, non_blocking=True), g)
+            x2 = aug(b.to(dev, non_blocking=True), g)
+            z1, z2, t1, t2 = pair_views(model, teacher, x1, x2, objective, dev, params.precision)
+            loss = objective(z1, z2, labels=labels.to(dev), t1=t1, t2=t2)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"pretrain {out}: loss {loss.item()} at epoch {epoch} step {step}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if teacher is not None:
+                m = 1 - (1 - params.ema) * (math.cos(math.pi * it / max(1, params.epochs * steps_per_epoch)) + 1) / 2
+                ema_update(teacher, model, m)
+                objective.after_step(t1, t2)
+            losses.append(loss.item())
+            n_spatial += int(spatial.sum())
+            n_pairs += len(spatial)
+        rate = 2 * n_pairs / max(1e-9, time.time() - t0)
+        history.append({"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
+                        "spatial_fraction": n_spatial / max(1, n_pairs), "images_per_s": rate})
+        log.info("pretrain %s epoch %d/%d: loss %.4f, %.0f images/s, %.0f%% spatial pairs", out.parent, epoch + 1,
+                 params.epochs, history[-1]["loss"], rate, 100 * history[-1]["spatial_fraction"])
+        state = {"key": key, "epoch": epoch, "history": history, "model": model.state_dict(),
+                 "optimizer": opt.state_dict(), "objective": objective.state_dict(),
+                 "teacher": teacher.state_dict() if teacher is not None else None}
+        atomic_save(state, ckpt_path)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
+    final = teacher if (teacher is not None and params.objective == "dino") else model  # DINO keeps the teacher
+    meta = {"format": FORMAT, "arch": params.backbone, "overrides": EncoderSpec("x", depth=params.depth).overrides(),
+            "input_size": size, "dim": dim, "mean": list(entry.mean), "std": list(entry.std),
+            "pretrain": dataclasses.asdict(params), "seed": seed, "slides": slides, "history": history}
+    atomic_save({**meta, "encoder": {k: v.detach().cpu() for k, v in final.backbone.state_dict().items()}}, out)
+    (out.parent / "history.json").write_text(json.dumps(meta, indent=1, default=str))
+    return meta
+
+
+def sources_for_scope(tiles: list[str], graphs: list[str] | None, scope: str, labels: dict[str, int] | None,
+                      folds_csv: str | None) -> list[SlideSource]:
+    """The slides a scope trains on: all usable stores (`all`) or fold k's training slides (`fold{k}`).
+
+    A store's slide id is its file stem (results/tiles/{slide}.zarr); stores flagged failed/empty
+    or without tiles are left out. Labels are attached only for fold scopes: `all` never sees one.
+    """
+    import zarr
+
+    fold = parse_scope(scope)
+    keep = None if fold is None else set(training_slides(folds_csv, fold))
+    by_stem = {Path(g).stem: g for g in (graphs or [])}
+    out = []
+    for t in tiles:
+        sid = Path(t).stem
+        if keep is not None and sid not in keep:
+            continue
+        attrs = zarr.open_group(t, mode="r")
+        if attrs.attrs.get("status", "ok") != "ok" or attrs["tiles"].shape[0] == 0:
+            continue
+        label = labels.get(sid) if (labels is not None and fold is not None) else None
+        out.append(SlideSource(sid, t, by_stem.get(sid), label))
+    if not out:
+        raise ValueError(f"scope {scope}: no usable tile stores")
+    return out
