@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -153,3 +154,91 @@ def test_run_fold_end_to_end(tmp_path, caplog):
     np.testing.assert_allclose(p.numpy(), pred.set_index("slide_id").loc[s, ["prob_normal", "prob_tumor"]]
                                .to_numpy(float), rtol=1e-5, atol=1e-6)
     assert not list(out.glob(".*tmp*"))  # no temp files left behind
+
+
+# --- per-model config blocks, MIRank pairs, streamed bags with graphs -------------------------------
+
+def test_mil_config_blocks_checked_against_constructors():
+    import yaml
+
+    from slidemil.mil.params import check_mil_config, run_params
+
+    root = Path(__file__).resolve().parents[1]
+    demo = yaml.safe_load((root / "config/config.yaml").read_text())["mil"]
+    check_mil_config(demo)
+    bench = yaml.safe_load((root / "config/benchmark.yaml").read_text())["mil"]
+    merged = {**demo, "models": {**demo["models"], **bench["models"]}}  # Snakemake merges nested dicts
+    check_mil_config(merged)
+    assert {"srmil", "transmil", "clam_mb", "max"} <= {run_params(merged, m)["model"] for m in merged["models"]}
+    check_mil_config({"models": ["mean", "abmil"], "epochs": 3})  # a list: defaults
+
+    base = {"epochs": 2, "lr": 1e-3}
+    p = run_params({**base, "models": {"plain": {"model": "srmil", "w_gen": 0, "lr": 5e-4}}}, "plain")
+    assert p == {"epochs": 2, "lr": 5e-4, "w_gen": 0, "model": "srmil"}
+    bad = [({"nope": {}}, "unknown model 'nope'"),
+           ({"abmil": {"hiden": 8}}, r"abmil: unknown keys \['hiden'\]"),
+           ({"abmil": {"mirank": True}}, "mirank needs instance logits"),
+           ({"srmil": {"hidden": 30, "heads": 4}}, "multiple of heads"),
+           ({"x": {"model": "transmil", "heads": 3}}, "mil.models.x")]
+    for models, match in bad:
+        with pytest.raises(ValueError, match=match):
+            check_mil_config({**base, "models": models})
+    with pytest.raises(ValueError, match="unknown keys"):
+        check_mil_config({**base, "hidden": 8, "models": ["mean"]})  # model parameters at the top level
+    with pytest.raises(ValueError, match="two classes"):
+        check_mil_config({"models": {"dsmil": {"mirank": True}}}, n_classes=3)
+
+
+def test_dsmil_with_mirank_trains_on_positive_negative_pairs(monkeypatch):
+    import slidemil.mil.train as train
+
+    bags, labels, roles = make_bags(4, n_train=10, n_val=4, n_test=4)
+    seen = []
+    real = train._steps
+
+    def spy(*args):
+        steps = real(*args)
+        seen.append(steps)
+        return steps
+
+    monkeypatch.setattr(train, "_steps", spy)
+    res = train_mil(bags, labels, roles, "dsmil", 2, {"epochs": 2, "lr": 1e-3, "mirank": True}, seed=0)
+    assert len(seen) == 2 and all(len(s) == 5 for s in seen)  # min(#pos, #neg) pairs per epoch
+    assert all(labels[a] == 1 and labels[b] == 0 for steps in seen for a, b in steps)
+    assert np.isfinite([h["train_loss"] for h in res.history]).all()
+    with pytest.raises(ValueError, match="instance logits"):
+        train_mil(bags, labels, roles, "abmil", 2, {"epochs": 1, "mirank": True}, seed=0)
+
+
+def test_run_fold_streams_bags_with_graphs_for_srmil(tmp_path):
+    """SRMIL through run_fold: grid from the stores, the workflow's radius-1 graphs, a 0 MB cache (every
+    bag re-read each epoch) predicts exactly as the all-in-memory cache."""
+    from slidemil.graph import save_graph
+    from slidemil.mil.train import FeatureStoreBags
+
+    bags, labels, _ = make_bags(1, n_train=12, n_val=0, n_test=0, d=8)
+    classes = ["normal", "tumor"]
+    features, graphs = tmp_path / "features", tmp_path / "graphs"
+    rows = []
+    for i, (sid, x) in enumerate(sorted(bags.items())):
+        grid = np.stack([np.arange(len(x)) % 12, np.arange(len(x)) // 12], 1)
+        write_features(features / f"{sid}.zarr", x, grid * 256, grid, {"encoder": "enc"})
+        save_graph(graphs / f"{sid}.npz", grid, radius=1)
+        rows.append({"slide_id": sid, "patient_id": f"p{i}", "label": classes[labels[sid]]})
+    pd.DataFrame(rows).to_csv(tmp_path / "samples.tsv", sep="\t", index=False)
+    fold_table(pd.DataFrame(rows), n_folds=3, seed=0, val_fraction=0.25).to_csv(tmp_path / "folds.csv", index=False)
+    store = FeatureStoreBags(features, sorted(bags), graphs, cache_mb=0)
+    first = sorted(bags)[0]
+    assert store[first].graph_radius == 1 and not store.cache  # read, not kept
+    np.testing.assert_array_equal(store[first].features, bags[first].astype(np.float16))
+
+    params = {"epochs": 2, "hidden": 8, "heads": 2, "cls_hidden": 8}
+    preds = []
+    for cache_mb in (0, 100):
+        out = tmp_path / f"srmil{cache_mb}"
+        run_fold(features, tmp_path / "folds.csv", tmp_path / "samples.tsv", 0, "srmil", params, out, seed=0,
+                 classes=classes, graphs_dir=graphs, cache_mb=cache_mb)
+        preds.append(pd.read_csv(out / "predictions.csv"))
+    pd.testing.assert_frame_equal(preds[0], preds[1])
+    net, cfg = load_mil(tmp_path / "srmil0" / "model.pt")
+    assert cfg["model"] == "srmil" and cfg["model_params"] == {"hidden": 8, "heads": 2, "cls_hidden": 8}

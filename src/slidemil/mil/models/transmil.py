@@ -94,6 +94,8 @@ class TransMIL(MILModel):
     def __init__(self, in_dim: int, n_classes: int, hidden: int = 512, heads: int = 8,
                  landmarks: int | None = None, dropout: float = 0.1) -> None:
         super().__init__()
+        if hidden % heads:
+            raise ValueError(f"transmil: hidden {hidden} must be a multiple of heads {heads}")
         self.fc1 = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU())
         self.cls_token = nn.Parameter(torch.randn(1, 1, hidden))
         landmarks = landmarks or hidden // 2
