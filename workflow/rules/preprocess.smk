@@ -77,8 +77,18 @@ rule qc_cohort:
         tiles=expand("results/tiles/{slide}.zarr", slide=SLIDES),
         masks=expand("results/masks/{slide}.json", slide=SLIDES),
     output:
-        table="results/qc/cohort.tsv",
-        plot="results/qc/cohort.png",
+        table=report(
+            "results/qc/cohort.tsv",
+            caption="../report/qc_table.rst",
+            category="6. Quality control",
+            labels={"result": "QC per slide"},
+        ),
+        plot=report(
+            "results/qc/cohort.png",
+            caption="../report/qc_plot.rst",
+            category="6. Quality control",
+            labels={"result": "QC overview"},
+        ),
     params:
         code=code_version("qc.py", "failures.py"),
     log:
