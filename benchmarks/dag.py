@@ -1,0 +1,71 @@
+"""DAG planning time against cohort size: `snakemake -n` on generated sheets of 1k and 10k slides.
+
+    .venv/bin/python benchmarks/dag.py                 # 1,000 and 10,000 slides
+    .venv/bin/python benchmarks/dag.py --sizes 200 2000  # quicker
+
+Each slide is a symlink to one small real scan (../shared/data/CMU-1-Small-Region.svs), so the
+sheet passes the checks run at planning time. Planning should grow linearly with the number of
+slides: a 10x larger sheet should take at most ~12x longer (target: <= 60 s for 10k slides).
+Prints one line per size, then one JSON object (seconds per size, and the ratio of the largest to
+the smallest) as the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SLIDE = ROOT.parent / "shared" / "data" / "CMU-1-Small-Region.svs"
+
+
+def make_cohort(workdir: Path, n: int) -> None:
+    """A sample sheet of n symlinked slides and a config that runs the real (non-demo) path."""
+    slides = workdir / "slides"
+    slides.mkdir(parents=True)
+    rows = ["slide_id\tpath\tlabel\tpatient_id"]
+    for i in range(n):
+        (slides / f"s{i:05d}.svs").symlink_to(SLIDE)
+        rows.append(f"s{i:05d}\tslides/s{i:05d}.svs\t{'tumour' if i % 2 else 'normal'}\tP{i:05d}")
+    (workdir / "samples.tsv").write_text("\n".join(rows) + "\n")
+    (workdir / "config.yaml").write_text(yaml.safe_dump({"samples": "samples.tsv", "demo": {"enabled": False}}))
+
+
+def plan_seconds(workdir: Path) -> float:
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(workdir / "config.yaml"), "--cores", "2", "-n", "--quiet", "rules"]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    took = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"dry run failed for {workdir}:\n{proc.stderr[-3000:]}")
+    return took
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    args = ap.parse_args()
+    if not SLIDE.is_file():
+        raise SystemExit(f"{SLIDE} not found: this benchmark needs ../shared/data beside the checkout")
+    seconds = {}
+    with tempfile.TemporaryDirectory(prefix="slidemil-dag-") as tmp:
+        for n in args.sizes:
+            workdir = Path(tmp) / f"n{n}"
+            make_cohort(workdir, n)
+            seconds[n] = plan_seconds(workdir)
+            print(f"{n:>6} slides: dry run {seconds[n]:.1f} s ({1000 * seconds[n] / n:.1f} ms per slide)", flush=True)
+    small, large = min(seconds), max(seconds)
+    print(json.dumps({"benchmark": "dag", "seconds": {str(k): round(v, 2) for k, v in seconds.items()},
+                      "size_ratio": large / small, "time_ratio": round(seconds[large] / seconds[small], 2)}))
+
+
+if __name__ == "__main__":
+    main()
