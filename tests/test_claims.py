@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from slidemil.claims import CLAIM_COLUMNS, CLAIMS, ClaimContext, claims_table, normalise_models, verdict
+from slidemil.claims import (CLAIM_COLUMNS, CLAIMS, PRETRAIN_DEFAULTS, ClaimContext, claims_table, encoder_metadata,
+                             normalise_models, verdict)
 
 ENCODERS = [
     {"name": "rand", "arch": "resnet18"},
@@ -122,3 +123,23 @@ def test_ssl_objective_names_are_registered():
     from slidemil.ssl.losses import OBJECTIVES
 
     assert set(SSL_OBJECTIVES) | {"weaksupcon"} <= set(OBJECTIVES)
+
+
+def test_pretrained_encoders_join_with_their_metadata():
+    pretrain = {"simclr-spatial": {"objective": "simclr", "sampler": "spatial", "backbone": "resnet18"},
+                "simclr-aug": {"epochs": 4},  # all defaults: simclr, augment, resnet18
+                "wsc": {"objective": "weaksupcon"}}
+    encoders = encoder_metadata([{"name": "rand", "arch": "resnet18"}], pretrain)
+    assert [e["name"] for e in encoders] == ["rand", "simclr-spatial", "simclr-aug", "wsc"]
+    assert encoders[2] == {"name": "simclr-aug", "objective": "simclr", "sampler": "augment", "arch": "resnet18",
+                           "epochs": 4}
+    ctx, _ = _ctx(encoders=encoders)
+    table = claims_table(ctx, ["weaksupcon_beats_ssl", "spatial_pairs_beat_augment"])
+    assert table["comparison"].tolist() == ["wsc/abmil vs simclr-aug/abmil", "simclr-spatial/abmil vs simclr-aug/abmil"]
+
+
+def test_pretrain_defaults_match_pretrain_params():
+    from slidemil.pretrain import PretrainParams
+
+    p = PretrainParams()
+    assert PRETRAIN_DEFAULTS == {"objective": p.objective, "sampler": p.sampler, "backbone": p.backbone}

@@ -13,8 +13,10 @@ slidemil.evaluate.compare) and gives each a verdict:
 * inconclusive: neither, i.e. the CI contains 0 and reaches the margin: more slides needed;
 * not run: the methods are not in this benchmark (the note says what is missing).
 
-Conventions the claims expect in config `encoders` entries (all optional; an entry without them
-takes part in no claim):
+Encoder metadata comes from the config's `encoders` entries (frozen encoders) and `pretrain`
+entries (name: params; each becomes an encoder of the benchmark, its `backbone` read as `arch`
+and the defaults of slidemil.pretrain.PretrainParams filled in: encoder_metadata). Conventions
+the claims expect (all optional; an entry without them takes part in no claim):
 
 * objective: the pretraining loss as registered in slidemil.ssl.losses: weaksupcon, supcon,
   supcon_hnm, or an SSL objective (simclr, byol, vicreg, barlow, dino); absent for random or
@@ -44,6 +46,8 @@ from typing import Any, Callable
 import pandas as pd
 
 Method = tuple[str, str]  # (encoder, model)
+# slidemil.pretrain.PretrainParams' defaults for the keys the claims read (a test checks).
+PRETRAIN_DEFAULTS = {"objective": "simclr", "sampler": "augment", "backbone": "resnet18"}
 # Label-free objectives of slidemil.ssl.losses' registry (names as registered there; a test checks).
 SSL_OBJECTIVES = ("simclr", "byol", "vicreg", "barlow", "dino")
 SRMIL_DEFAULT_W_GEN = 1.8  # slidemil.mil.models.srmil's default reconstruction weight
@@ -189,6 +193,17 @@ def srmil_beats_plain(ctx: ClaimContext) -> Plan:
              for a in sorted(runs) for b in sorted(runs) if w_gen[a] > 0 and w_gen[b] == 0]
     return Plan(tests, "" if tests else "needs MIL runs of model srmil with w_gen > 0 and w_gen: 0 "
                 "(e.g. srmil: {} and srmil_plain: {model: srmil, w_gen: 0})")
+
+
+def encoder_metadata(encoders: list[dict[str, Any]] | None, pretrain: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Config `encoders` entries, then one entry per `pretrain` entry: {name, arch (= backbone),
+    objective, sampler, ...its other keys (e.g. hnm_round, hnm_base)}, defaults filled in."""
+    out = [dict(e) for e in encoders or []]
+    for name, params in (pretrain or {}).items():
+        entry = {**PRETRAIN_DEFAULTS, **(params or {}), "name": str(name)}
+        entry["arch"] = entry.pop("backbone")
+        out.append(entry)
+    return out
 
 
 def normalise_models(models: dict[str, Any] | list[str] | None) -> dict[str, dict[str, Any]]:

@@ -367,22 +367,24 @@ def plot_roc(ev: Evaluation, plot_png: str | Path) -> None:
 
 def write_evaluation(runs: Iterable[Run | dict[str, Any]], classes: Sequence[str], out: dict[str, str | Path],
                      params: dict[str, Any] | None = None, encoders: Sequence[dict[str, Any]] = (),
-                     models: dict[str, Any] | list[str] | None = None, n_boot: int = 1000,
-                     seed: int = 0) -> Evaluation:
+                     models: dict[str, Any] | list[str] | None = None,
+                     pretrain: dict[str, Any] | None = None, n_boot: int = 1000, seed: int = 0) -> Evaluation:
     """Compute and write every evaluate output.
 
     out: paths for keys table (benchmark.csv), runs (benchmark_runs.csv), plot (roc.png) and
     optionally comparisons (comparisons.csv) and claims (claims.csv). params: config `evaluate`
     (baseline_encoder, baseline_model, compare, claim_margin). encoders: config `encoders` (names in
-    order + metadata the claims read); models: config `mil.models` (run parameters the claims read).
+    order + metadata the claims read); models: config `mil.models` (run parameters the claims read);
+    pretrain: config `pretrain` (pretrained encoders, after `encoders` in order; their metadata).
     """
-    from slidemil.claims import ClaimContext, claims_table, normalise_models
+    from slidemil.claims import ClaimContext, claims_table, encoder_metadata, normalise_models
 
     params = params or {}
     ev = evaluate_runs(runs, classes, n_boot=n_boot, seed=seed)
     write_csv(ev.summary, out["table"])
     write_csv(ev.per_run, out["runs"])
     plot_roc(ev, out["plot"])
+    encoders = encoder_metadata(list(encoders), pretrain)
     base_enc, base_mod = resolve_baselines(ev.slides, params, [e["name"] for e in encoders])
     if out.get("comparisons"):
         pairs = comparison_pairs(ev.slides, base_enc, base_mod, params.get("compare") or [])
