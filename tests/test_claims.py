@@ -143,3 +143,12 @@ def test_pretrain_defaults_match_pretrain_params():
 
     p = PretrainParams()
     assert PRETRAIN_DEFAULTS == {"objective": p.objective, "sampler": p.sampler, "backbone": p.backbone}
+
+
+def test_srmil_default_reconstruction_weight_matches_the_model():
+    import inspect
+
+    from slidemil.claims import SRMIL_DEFAULT_W_GEN
+    from slidemil.mil.models.srmil import SRMIL
+
+    assert inspect.signature(SRMIL.__init__).parameters["w_gen"].default == SRMIL_DEFAULT_W_GEN

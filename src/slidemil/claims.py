@@ -13,6 +13,9 @@ slidemil.evaluate.compare) and gives each a verdict:
 * inconclusive: neither, i.e. the CI contains 0 and reaches the margin: more slides needed;
 * not run: the methods are not in this benchmark (the note says what is missing).
 
+A claim tested by several comparisons (e.g. one per SSL objective) gets one row each, with no
+multiplicity correction: read it as "holds in k of n comparisons".
+
 Encoder metadata comes from the config's `encoders` entries (frozen encoders) and `pretrain`
 entries (name: params; each becomes an encoder of the benchmark, its `backbone` read as `arch`
 and the defaults of slidemil.pretrain.PretrainParams filled in: encoder_metadata). Conventions
