@@ -331,7 +331,7 @@ def sources_for_scope(tiles: list[str], graphs: list[str] | None, scope: str, la
     A store's slide id is its file stem (results/tiles/{slide}.zarr); stores flagged failed/empty
     or without tiles are left out. Labels are attached only for fold scopes: `all` never sees one.
     """
-    import zarr
+    from slidemil.store import open_tiles  # registers the tiles' JPEG codec with zarr
 
     fold = parse_scope(scope)
     keep = None if fold is None else set(training_slides(folds_csv, fold))
@@ -341,8 +341,8 @@ def sources_for_scope(tiles: list[str], graphs: list[str] | None, scope: str, la
         sid = Path(t).stem
         if keep is not None and sid not in keep:
             continue
-        attrs = zarr.open_group(t, mode="r")
-        if attrs.attrs.get("status", "ok") != "ok" or attrs["tiles"].shape[0] == 0:
+        g = open_tiles(t)
+        if g.attrs.get("status", "ok") != "ok" or g["tiles"].shape[0] == 0:
             continue
         label = labels.get(sid) if (labels is not None and fold is not None) else None
         out.append(SlideSource(sid, t, by_stem.get(sid), label))

@@ -104,9 +104,9 @@ def slide_neighbours(source: SlideSource, radius: int) -> tuple[np.ndarray, np.n
                 return z["indptr"], z["indices"]
             grid = z["grid"]
     else:
-        import zarr
+        from slidemil.store import open_tiles
 
-        grid = np.asarray(zarr.open_group(source.tiles, mode="r")["grid"][:])
+        grid = np.asarray(open_tiles(source.tiles)["grid"][:])
     return neighbour_graph(grid, radius)
 
 

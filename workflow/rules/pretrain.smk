@@ -1,0 +1,35 @@
+# Encoder pretraining (config `pretrain`): SSL objectives, spatial pairs, WeakSupCon. One job per
+# (encoder, scope): scope `all` (label-free, once on the cohort) or fold{k} (the fold's training slides).
+# A preempted job resumes from results/encoders/{encoder}/{scope}/checkpoints/last.pt.
+
+
+rule pretrain:
+    input:
+        unpack(pretrain_inputs),
+    output:
+        "results/encoders/{encoder}/{scope}/encoder.pt",
+    params:
+        cfg=pretrain_arg,
+        folds=pretrain_folds_flag,
+        classes=as_arg(config["classes"]),
+        seed=config["seed"],
+        device=config.get("embed", {}).get("device", "auto"),
+        code=code_version("pretrain.py"),
+    log:
+        "logs/pretrain/{encoder}/{scope}.log",
+    benchmark:
+        "results/benchmarks/pretrain/{encoder}/{scope}.tsv"
+    wildcard_constraints:
+        encoder="|".join(PRETRAIN) or "NONE",
+        scope=r"all|fold\d+",
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=720,
+    conda:
+        "../../envs/torch.yaml"
+    shell:
+        "python -m slidemil pretrain --params {params.cfg} --scope {wildcards.scope} --tiles {input.tiles} "
+        "--graphs {input.graphs} {params.folds} --samples {input.samples} --classes {params.classes} "
+        "--seed {params.seed} --device {params.device} --threads {threads} --out {output} 2> {log}"
