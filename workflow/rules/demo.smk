@@ -1,10 +1,13 @@
 # The synthetic demo cohort: each slide of the demo sheet is rendered by a rule, so it is cached.
+# Besides the slide: its tumour outlines (tile labels, instance AUC) and its mimic outlines (benign
+# tumour look-alikes, the hard negatives that mining should find), both GeoJSON in level-0 px.
 
 
 rule demo_slide:
     output:
         slide=DEMO_SLIDES,
         annotation="results/demo/annotations/{slide}.geojson",
+        mimic="results/demo/annotations/{slide}.mimic.geojson",  # written beside `annotation` (slidemil.demo.mimic_path)
     params:
         positive=demo_positive,
         seed=config["seed"],
