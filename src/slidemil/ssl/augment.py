@@ -103,6 +103,17 @@ def _gaussian_blur(x: Tensor, sigma: Tensor, apply: Tensor) -> Tensor:
     return torch.where(apply.to(x.device)[:, None, None, None], y.reshape(b, c, s, s), x)
 
 
+def _on_subset(x: Tensor, sel: Tensor, fn) -> Tensor:
+    """x with fn(x[idx], idx) written back at idx = sel.nonzero(); x itself when nothing is selected."""
+    idx = torch.nonzero(sel).flatten()
+    if len(idx) == 0:
+        return x
+    out = x.clone()
+    dev_idx = idx.to(x.device)
+    out[dev_idx] = fn(x[dev_idx], idx)
+    return out
+
+
 def colour_jitter(x: Tensor, bri: Tensor, con: Tensor, sat: Tensor, hue: Tensor) -> Tensor:
     """Per-sample brightness, contrast, saturation factors [B] and hue shift [B] (fraction of a turn).
 
@@ -163,26 +174,21 @@ class BatchAugment:
         x = torch.where(vf[:, None, None, None], x.flip(2), x)
         if p.rot90:
             x = _rot90_batch(x, torch.randint(0, 4, (b,), generator=g))
+        # per-sample parameters are drawn for every sample (fixed RNG use); each op runs on its subset only
         bj, cj, sj, hj = p.jitter
         apply = _bern(g, b, p.jitter_p)
-        one = torch.ones(b)
-        bri = torch.where(apply, _u(g, b, max(0, 1 - bj), 1 + bj), one)
-        con = torch.where(apply, _u(g, b, max(0, 1 - cj), 1 + cj), one)
-        sat = torch.where(apply, _u(g, b, max(0, 1 - sj), 1 + sj), one)
-        hue = torch.where(apply, _u(g, b, -hj, hj), torch.zeros(b))
-        if apply.any():
-            x = colour_jitter(x, bri, con, sat, hue)
-        stain = _bern(g, b, p.hed_p)
-        alpha = torch.where(stain[:, None], 1 + (2 * torch.rand(b, 3, generator=g) - 1) * p.hed_sigma, torch.ones(b, 3))
-        beta = torch.where(stain[:, None], (2 * torch.rand(b, 3, generator=g) - 1) * p.hed_sigma, torch.zeros(b, 3))
-        if stain.any() and p.hed_sigma > 0:
-            x = hed_jitter(x, alpha, beta)
-        grey = _bern(g, b, p.grayscale_p).to(x.device)
-        if grey.any():
-            gray = (x * GRAY.to(x.device, x.dtype)[None, :, None, None]).sum(1, keepdim=True).expand_as(x)
-            x = torch.where(grey[:, None, None, None], gray, x)
+        bri, con = _u(g, b, max(0, 1 - bj), 1 + bj), _u(g, b, max(0, 1 - cj), 1 + cj)
+        sat, hue = _u(g, b, max(0, 1 - sj), 1 + sj), _u(g, b, -hj, hj)
+        x = _on_subset(x, apply, lambda v, i: colour_jitter(v, bri[i], con[i], sat[i], hue[i]))
+        stain = _bern(g, b, p.hed_p) & (p.hed_sigma > 0)
+        alpha = 1 + (2 * torch.rand(b, 3, generator=g) - 1) * p.hed_sigma
+        beta = (2 * torch.rand(b, 3, generator=g) - 1) * p.hed_sigma
+        x = _on_subset(x, stain, lambda v, i: hed_jitter(v, alpha[i], beta[i]))
+        grey = _bern(g, b, p.grayscale_p)
+        x = _on_subset(x, grey, lambda v, i: (v * GRAY.to(v.device, v.dtype)[None, :, None, None]).sum(
+            1, keepdim=True).expand_as(v))
         blur = _bern(g, b, p.blur_p)
         sigma = _u(g, b, *p.blur_sigma) * s / 224.0
-        x = _gaussian_blur(x, sigma, blur)
+        x = _on_subset(x, blur, lambda v, i: _gaussian_blur(v, sigma[i], torch.ones(len(i), dtype=torch.bool)))
         x = (x - self.mean.to(x.device)) / self.std.to(x.device)
         return x.contiguous(memory_format=torch.channels_last)
