@@ -21,6 +21,7 @@ import os
 import sys
 from contextlib import contextmanager
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -238,6 +239,42 @@ def _steps(train_ids: list[str], labels: dict[str, int], rng: np.random.Generato
     return [[p, n] for p, n in zip(pos, neg)]
 
 
+def _prefetched(bags: Mapping, steps: list[list[str]]) -> Iterator[tuple[list[str], list]]:
+    """(step, its host bags), the next step's bags read by a background thread meanwhile, so that
+    reading a streamed bag overlaps training on the previous one (Zarr decoding releases the GIL).
+    At most two steps' bags are held."""
+    if not steps:
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(lambda st: [bags[s] for s in st], steps[0])
+        for i, step in enumerate(steps):
+            got = pending.result()
+            if i + 1 < len(steps):
+                pending = pool.submit(lambda st: [bags[s] for s in st], steps[i + 1])
+            yield step, got
+
+
+def train_epoch(net: nn.Module, opt: torch.optim.Optimizer, bags: Mapping, steps: list[list[str]],
+                labels: dict[str, int], train_p: dict[str, Any], dev: torch.device) -> list[float]:
+    """One pass over `steps` (one bag, or a (positive, negative) pair with MIRank): the model's own
+    loss, + MIRank on pairs; one optimiser step each. Returns the step losses."""
+    net.train()
+    losses = []
+    for step, hosts in _prefetched(bags, steps):
+        outs = [net(_bag(b, dev, s)) for b, s in zip(hosts, step)]
+        own = [net.loss(o, torch.tensor(labels[s], device=dev)) for o, s in zip(outs, step)]
+        if len(step) == 2:  # (positive, negative): MIRank
+            loss = pair_loss(own[0], own[1], outs[0].instance_logits, outs[1].instance_logits,
+                             float(train_p["mirank_weight"]), int(train_p["mirank_k"]))
+        else:
+            loss = own[0]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
 def _evaluate(net: nn.Module, ids: list[str], bags: Mapping, labels: dict[str, int],
               device: torch.device) -> tuple[float, np.ndarray]:
     """Mean bag cross-entropy and probabilities [len(ids), C] over `ids` (eval mode, no grad)."""
@@ -306,20 +343,7 @@ def train_mil(bags: Mapping[str, np.ndarray | SlideBag], labels: dict[str, int],
         bar = tqdm(range(1, int(train_p["epochs"]) + 1), desc=f"mil {model}", file=sys.stderr,
                    mininterval=2.0)
         for epoch in bar:
-            net.train()
-            losses = []
-            for step in _steps(train_ids, labels, rng, mirank):
-                outs = [net(_bag(bags[s], dev, s)) for s in step]
-                own = [net.loss(o, torch.tensor(labels[s], device=dev)) for o, s in zip(outs, step)]
-                if mirank:  # step = (positive, negative)
-                    loss = pair_loss(own[0], own[1], outs[0].instance_logits, outs[1].instance_logits,
-                                     float(train_p["mirank_weight"]), int(train_p["mirank_k"]))
-                else:
-                    loss = own[0]
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(loss.item())
+            losses = train_epoch(net, opt, bags, _steps(train_ids, labels, rng, mirank), labels, train_p, dev)
             row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": float("nan"),
                    "val_auc": float("nan")}
             if val_ids:

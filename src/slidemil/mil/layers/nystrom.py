@@ -4,7 +4,8 @@ Same arithmetic as lucidrains/nystrom-attention 0.0.9 (the package TransMIL impo
 sequence is zero-padded at the front to a multiple of m landmarks; landmarks are segment means of
 q and k; softmax(Q K~^T) pinv(softmax(Q~ K~^T)) softmax(Q~ K^T) V with the pseudo-inverse from 6
 Moore-Penrose iterations; plus a depthwise Conv over the sequence of values (kernel 33) as the
-residual. Memory is O(n m) per head, so a bag of 50,000 tiles fits on a CPU.
+residual. The n x m attention is formed in blocks of query rows that are recomputed in backward,
+so memory is O(n d + m n) per head (attn3 is m x n) and a bag of 50,000 tiles fits on a CPU.
 """
 
 from __future__ import annotations
@@ -14,6 +15,29 @@ import math
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+ROWS = 2048  # query rows per block of the attention product
+
+
+def _rows(q: torch.Tensor, k_l: torch.Tensor, pinv: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+    """(softmax(q k_l^T) pinv) kv for a block of query rows q [B, h, r, d] -> [B, h, r, d]."""
+    return (torch.softmax(q @ k_l.transpose(-1, -2), dim=-1) @ pinv) @ kv
+
+
+def sequence_conv(v: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Depthwise conv along the sequence, = Conv2d(h, h, (k, 1), padding=(k // 2, 0), groups=h, bias=False)
+    with `weight` [h, 1, k, 1], as a sum of k shifted copies: the CPU Conv2d unfolds [h, k, n, d]
+    (0.7 GB at 10,000 tiles); this needs one output. v [B, h, n, d] -> [B, h, n, d]."""
+    k = weight.shape[2]
+    n = v.shape[2]
+    padded = F.pad(v, (0, 0, k // 2, k // 2))
+    w = weight[:, 0, :, 0]  # [h, k]
+    out = padded[:, :, 0:n] * w[None, :, 0, None, None]
+    for j in range(1, k):
+        out = out + padded[:, :, j:j + n] * w[None, :, j, None, None]
+    return out
 
 
 def moore_penrose_pinv(x: torch.Tensor, iters: int = 6) -> torch.Tensor:
@@ -55,13 +79,20 @@ class NystromAttention(nn.Module):
         seg = math.ceil(n / m)
         q_l = q.reshape(b, h, m, seg, -1).sum(3) / seg  # [B, h, m, d]
         k_l = k.reshape(b, h, m, seg, -1).sum(3) / seg
-        attn1 = torch.softmax(q @ k_l.transpose(-1, -2), dim=-1)  # [B, h, n', m]
         attn2 = torch.softmax(q_l @ k_l.transpose(-1, -2), dim=-1)  # [B, h, m, m]
         attn3 = torch.softmax(q_l @ k.transpose(-1, -2), dim=-1)  # [B, h, m, n']
-        left = attn1 @ moore_penrose_pinv(attn2, self.iters)  # [B, h, n', m]
-        out = left @ (attn3 @ v) + self.res_conv(v)  # [B, h, n', d]
+        pinv = moore_penrose_pinv(attn2, self.iters)
+        kv = attn3 @ v  # [B, h, m, d]
+        # (softmax(Q K~^T) pinv) (attn3 V) by blocks of query rows, each recomputed in backward rather
+        # than stored: the [n', m] attention never exists whole (same arithmetic, row by row).
+        grad = torch.is_grad_enabled() and q.requires_grad
+        blocks = [checkpoint(_rows, q[:, :, lo:lo + ROWS], k_l, pinv, kv, use_reentrant=False) if grad
+                  else _rows(q[:, :, lo:lo + ROWS], k_l, pinv, kv) for lo in range(0, q.shape[2], ROWS)]
+        out = torch.cat(blocks, dim=2) + sequence_conv(v, self.res_conv.weight)  # [B, h, n', d]
         out = self.to_out(out.transpose(1, 2).reshape(b, out.shape[2], -1))[:, -n:]
         row = None
         if query_index is not None:
-            row = (left[:, :, pad + query_index: pad + query_index + 1] @ attn3)[:, :, 0, pad:].mean(1)  # [B, n]
+            qi = q[:, :, pad + query_index: pad + query_index + 1]  # [B, h, 1, d]
+            left = torch.softmax(qi @ k_l.transpose(-1, -2), dim=-1) @ pinv  # [B, h, 1, m]
+            row = (left @ attn3)[:, :, 0, pad:].mean(1)  # [B, n]
         return out, row

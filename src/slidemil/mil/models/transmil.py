@@ -19,6 +19,8 @@ Departures from the authors' code:
   order the tiles arrive in (with a grid: permutation invariant).
 - Nystrom attention is our plain-torch copy of lucidrains/nystrom-attention 0.0.9 (same
   arithmetic, slidemil.mil.layers.nystrom), not the package.
+- In training each transformer layer is recomputed in backward rather than stored
+  (`checkpointing`; same numbers, more time, half the memory).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from slidemil.mil.bag import Bag
 from slidemil.mil.layers.nystrom import NystromAttention
@@ -92,10 +95,11 @@ class TransMIL(MILModel):
     """Two Nystrom transformer layers around a grid-aware PPEG; cls-token readout."""
 
     def __init__(self, in_dim: int, n_classes: int, hidden: int = 512, heads: int = 8,
-                 landmarks: int | None = None, dropout: float = 0.1) -> None:
+                 landmarks: int | None = None, dropout: float = 0.1, checkpointing: bool = True) -> None:
         super().__init__()
         if hidden % heads:
             raise ValueError(f"transmil: hidden {hidden} must be a multiple of heads {heads}")
+        self.checkpointing = checkpointing
         self.fc1 = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU())
         self.cls_token = nn.Parameter(torch.randn(1, 1, hidden))
         landmarks = landmarks or hidden // 2
@@ -105,6 +109,13 @@ class TransMIL(MILModel):
         self.norm = nn.LayerNorm(hidden)
         self.fc2 = nn.Linear(hidden, n_classes)
 
+    def _run(self, layer: nn.Module, *args):
+        """layer(*args), recomputed in backward instead of stored when training with checkpointing
+        (dropout replayed: same numbers); a layer's Nystrom intermediates are ~0.5 GB at 10,000 tiles."""
+        if self.checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(layer, *args, use_reentrant=False)
+        return layer(*args)
+
     def forward(self, x: torch.Tensor | Bag) -> MilOutput:
         feats = bag_features(x)
         n = feats.shape[0]
@@ -112,10 +123,10 @@ class TransMIL(MILModel):
         order_t = torch.from_numpy(order).to(feats.device)
         h = self.fc1(feats[order_t])[None]  # [1, N, H] in raster order
         h = torch.cat([self.cls_token, h], dim=1)  # [1, 1+N, H]
-        h, _ = self.layer1(h)
+        h, _ = self._run(self.layer1, h)
         cells_t = torch.from_numpy(np.asarray(cells, dtype=np.int64)).to(feats.device)
         h = torch.cat([h[:, :1], self.pos_layer(h[0, 1:], cells_t, hgt, wid)[None]], dim=1)
-        h, row = self.layer2(h, want_row=True)
+        h, row = self._run(self.layer2, h, True)
         logits = self.fc2(self.norm(h)[0, 0])  # [C]
         scores = torch.empty(n, device=feats.device, dtype=row.dtype)
         scores[order_t] = row[0, 1:]  # back to input order
