@@ -51,8 +51,9 @@ def hnm_supcon(z1: Tensor, z2: Tensor, labels: Tensor, bag_labels: Tensor | None
 
 @register_objective("supcon_hnm")
 class HNMSupCon(Objective):
-    """SupCon as fine-tuned in HNM-WSI (Huang et al., hard-negative mining + MIRank for WSI MIL;
-    code winston52/HNM-WSI, train/loss/losses.py `SupConLoss(pair_mode, mask_uncertain_neg)`).
+    """SupCon as fine-tuned in HNM-WSI (Huang, Hu, Abousamra, Prasanna, Chen, "Hard Negative Sample
+    Mining for Whole Slide Image Classification"; code winston52/HNM-WSI, train/loss/losses.py
+    `SupConLoss(pair_mode, mask_uncertain_neg)`, temperature from train/config.yaml).
 
     Inputs: z1, z2 float [B, D], L2-normalised 256-d projections; labels int [B] instance pseudo
     labels; bag_labels int [B] (only for mask_uncertain_neg). Output: scalar. T = T_b = 0.07.
