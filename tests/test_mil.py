@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -170,7 +171,8 @@ def test_mil_config_blocks_checked_against_constructors():
     merged = {**demo, "models": {**demo["models"], **bench["models"]}}  # Snakemake merges nested dicts
     check_mil_config(merged)
     assert {"srmil", "transmil", "clam_mb", "max"} <= {run_params(merged, m)["model"] for m in merged["models"]}
-    check_mil_config({"models": ["mean", "abmil"], "epochs": 3})  # a list: defaults
+    runs = check_mil_config({"models": ["mean", "abmil"], "epochs": 3})  # a list: defaults
+    assert json.loads(runs["abmil"]) == {"epochs": 3, "model": "abmil"}  # the mil rule's --params
 
     base = {"epochs": 2, "lr": 1e-3}
     p = run_params({**base, "models": {"plain": {"model": "srmil", "w_gen": 0, "lr": 5e-4}}}, "plain")

@@ -21,6 +21,7 @@ cohort file that gives `models` as a dict adds to the default's models; a list r
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 TRAIN_DEFAULTS: dict[str, Any] = {"epochs": 40, "lr": 2e-4, "weight_decay": 1e-4, "mirank": False,
@@ -44,8 +45,10 @@ def run_params(mil: dict[str, Any], name: str) -> dict[str, Any]:
     return {**top, **block, "model": block.get("model", name)}
 
 
-def check_mil_config(mil: dict[str, Any], n_classes: int = 2) -> None:
-    """Raise ValueError naming the model and key when a `mil` block cannot be built.
+def check_mil_config(mil: dict[str, Any], n_classes: int = 2) -> dict[str, str]:
+    """Check the `mil` block; return {run: its run params as JSON} (the `mil` rule's --params).
+
+    Raises ValueError naming the run and key when a block cannot be built.
 
     Checks, per model: it is registered; every key of its block is a training key or a parameter
     of its constructor; `mirank: true` only for models with instance logits and binary tasks; and
@@ -81,3 +84,4 @@ def check_mil_config(mil: dict[str, Any], n_classes: int = 2) -> None:
             build_mil(name, 8, n_classes, **{k: v for k, v in block.items() if k in accepted})
         except (TypeError, ValueError) as e:
             raise ValueError(f"config mil.models.{run}: {e}") from e
+    return {run: json.dumps(run_params(mil, run), sort_keys=True) for run in blocks}
