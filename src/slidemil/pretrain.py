@@ -69,6 +69,7 @@ class PretrainParams:
     balance_labels: bool | None = None  # half negative-slide, half positive-slide tiles per batch; None: if labels used
     scope: str = "auto"  # auto (fold{k} if labels are used, else all) | all | folds
     workers: int = 2  # DataLoader workers reading and decoding tiles
+    gpus: int = 1  # > 1: torchrun with one process per GPU (DDP, contrastive negatives gathered across ranks)
     precision: str = "bf16"  # autocast dtype on CUDA (fp32 | fp16 | bf16); the CPU runs fp32
 
     @classmethod
@@ -84,9 +85,9 @@ class PretrainParams:
         return OBJECTIVES[self.objective].uses_labels
 
     def digest(self) -> str:
-        """Hash of everything that shapes the weights (not `workers`): a checkpoint resumes only if it matches."""
+        """Hash of what shapes the weights (not `workers`, `gpus`): a checkpoint resumes only if it matches."""
         d = dataclasses.asdict(self)
-        d.pop("workers")
+        d.pop("workers"), d.pop("gpus")
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -146,7 +147,8 @@ class SSLNet(nn.Module):
                           if head.predictor_hidden else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.projector(self.backbone(x))
+        z = self.projector(self.backbone(x))
+        return self.predictor(z) if self.predictor is not None else z  # in forward: DDP sees every parameter
 
 
 def resolve_head(params: PretrainParams) -> HeadSpec:
@@ -206,16 +208,45 @@ def atomic_save(obj: dict, path: Path) -> None:
     tmp.replace(path)
 
 
-def pair_views(model: SSLNet, teacher: SSLNet | None, x1: torch.Tensor, x2: torch.Tensor, objective,
+def world() -> tuple[int, int]:
+    """(rank, world size) of torch.distributed, (0, 1) when it is not initialised."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_rows(t: torch.Tensor | None) -> torch.Tensor | None:
+    """Every rank's rows of t [b, ...], concatenated in rank order ([w*b, ...]); differentiable.
+
+    Backward sums the gradients every rank's (identical) loss sends to this rank's rows, so with
+    DDP's gradient averaging the update equals one process's on the whole batch.
+    """
+    _, w = world()
+    if t is None or w == 1:
+        return t
+    import warnings
+
+    from torch.distributed.nn.functional import all_gather
+
+    with warnings.catch_warnings():  # deprecated in favour of a private API; same arithmetic
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(all_gather(t.contiguous()), dim=0)
+
+
+def pair_views(model: nn.Module, teacher: nn.Module | None, x1: torch.Tensor, x2: torch.Tensor, objective,
                device: torch.device, precision: str):
-    """One forward pass over cat([x1, x2]) -> (z1, z2, t1, t2) in float32, normalised when asked."""
+    """One forward pass over cat([x1, x2]) -> (z1, z2, t1, t2) float32, normalised when asked.
+
+    Under torch.distributed each is gathered from every rank (rank order), so contrastive
+    negatives come from the whole global batch.
+    """
     b = x1.shape[0]
     ctx = (torch.autocast("cuda", dtype=AUTOCAST[precision]) if device.type == "cuda" and precision in AUTOCAST
            else torch.autocast("cpu", enabled=False))
     with ctx:
         z = model(torch.cat([x1, x2]))
-        if model.predictor is not None:
-            z = model.predictor(z)
         t = None
         if teacher is not None:
             with torch.no_grad():
@@ -224,7 +255,7 @@ def pair_views(model: SSLNet, teacher: SSLNet | None, x1: torch.Tensor, x2: torc
     if objective.normalize:
         z = F.normalize(z, dim=1)
     t1, t2 = (t[:b], t[b:]) if t is not None else (None, None)
-    return z[:b], z[b:], t1, t2
+    return gather_rows(z[:b]), gather_rows(z[b:]), gather_rows(t1), gather_rows(t2)
 
 
 def pretrain(sources: list[SlideSource], params: PretrainParams, out: str | Path, seed: int,
@@ -239,6 +270,12 @@ def pretrain(sources: list[SlideSource], params: PretrainParams, out: str | Path
 
     out = Path(out)
     dev = pick_device(device)
+    rank, w = world()
+    if w > 1 and dev.type == "cuda":  # torchrun: one process per GPU
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(dev)
+    if params.batch_size % w:
+        raise ValueError(f"batch_size {params.batch_size} is not divisible by the {w} processes")
     objective = build_objective(params.objective, **({"out_dim": resolve_head(params).out}
                                                      if params.objective == "dino" else {}),
                                 **params.objective_args).to(dev)
@@ -251,10 +288,17 @@ def pretrain(sources: list[SlideSource], params: PretrainParams, out: str | Path
     balance = params.balance_labels if params.balance_labels is not None else objective.uses_labels
     ds = PairDataset(sources, sampler, params.batch_size, params.tiles_per_epoch, seed, balance_labels=balance)
     model, dim = build_model(params, seed)
+    if w > 1 and dev.type == "cuda":  # BatchNorm statistics over the global batch (gloo/CPU: per rank)
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(dev).to(memory_format=torch.channels_last)
     teacher = copy.deepcopy(model).requires_grad_(False) if objective.teacher else None
     if teacher is not None:
         teacher.predictor = None
+    net = model
+    if w > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     opt = make_optimizer(params, model)
     aug = BatchAugment(AugmentParams.from_dict(params.augment), size, entry.mean, entry.std)
     slides = [s.slide_id for s in sources]
@@ -275,12 +319,15 @@ def pretrain(sources: list[SlideSource], params: PretrainParams, out: str | Path
             log.warning("%s was written with other params, seed or slides: starting afresh", ckpt_path)
     ds.set_epoch(0)
     steps_per_epoch = len(ds) // params.batch_size
+    local_b = params.batch_size // w  # rank r reads rows [r*local_b, (r+1)*local_b) of every global batch
     for epoch in range(start, params.epochs):
         torch.manual_seed(seed * 100003 + epoch)
-        g = torch.Generator().manual_seed(seed * 100003 + epoch)
+        g = torch.Generator().manual_seed(seed * 100003 + epoch + 7919 * rank)
         ds.set_epoch(epoch)
-        loader = torch.utils.data.DataLoader(ds, batch_size=params.batch_size, shuffle=False, drop_last=True,
-                                             num_workers=params.workers, pin_memory=dev.type == "cuda",
+        mine = [k * params.batch_size + rank * local_b + j for k in range(steps_per_epoch) for j in range(local_b)]
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, mine), batch_size=local_b, shuffle=False,
+                                             drop_last=True, num_workers=params.workers,
+                                             pin_memory=dev.type == "cuda",
                                              prefetch_factor=4 if params.workers else None)
         model.train()
         t0, losses, n_spatial, n_pairs = time.time(), [], 0, 0
@@ -290,8 +337,8 @@ def pretrain(sources: list[SlideSource], params: PretrainParams, out: str | Path
                 group["lr"] = lr_at(params, it, steps_per_epoch)
             x1 = aug(a.to(dev, non_blocking=True), g)
             x2 = aug(b.to(dev, non_blocking=True), g)
-            z1, z2, t1, t2 = pair_views(model, teacher, x1, x2, objective, dev, params.precision)
-            loss = objective(z1, z2, labels=labels.to(dev), t1=t1, t2=t2)
+            z1, z2, t1, t2 = pair_views(net, teacher, x1, x2, objective, dev, params.precision)
+            loss = objective(z1, z2, labels=gather_rows(labels.to(dev)), t1=t1, t2=t2)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"pretrain {out}: loss {loss.item()} at epoch {epoch} step {step}")
             opt.zero_grad(set_to_none=True)
@@ -312,16 +359,27 @@ def pretrain(sources: list[SlideSource], params: PretrainParams, out: str | Path
         state = {"key": key, "epoch": epoch, "history": history, "model": model.state_dict(),
                  "optimizer": opt.state_dict(), "objective": objective.state_dict(),
                  "teacher": teacher.state_dict() if teacher is not None else None}
-        atomic_save(state, ckpt_path)
+        if rank == 0:
+            atomic_save(state, ckpt_path)
+        barrier()
         if on_epoch_end is not None:
             on_epoch_end(epoch)
     final = teacher if (teacher is not None and params.objective == "dino") else model  # DINO keeps the teacher
     meta = {"format": FORMAT, "arch": params.backbone, "overrides": EncoderSpec("x", depth=params.depth).overrides(),
             "input_size": size, "dim": dim, "mean": list(entry.mean), "std": list(entry.std),
             "pretrain": dataclasses.asdict(params), "seed": seed, "slides": slides, "history": history}
-    atomic_save({**meta, "encoder": {k: v.detach().cpu() for k, v in final.backbone.state_dict().items()}}, out)
-    (out.parent / "history.json").write_text(json.dumps(meta, indent=1, default=str))
+    if rank == 0:
+        atomic_save({**meta, "encoder": {k: v.detach().cpu() for k, v in final.backbone.state_dict().items()}}, out)
+        (out.parent / "history.json").write_text(json.dumps(meta, indent=1, default=str))
+    barrier()
     return meta
+
+
+def barrier() -> None:
+    if world()[1] > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 def sources_for_scope(tiles: list[str], graphs: list[str] | None, scope: str, labels: dict[str, int] | None,

@@ -1,6 +1,7 @@
 # Encoder pretraining (config `pretrain`): SSL objectives, spatial pairs, WeakSupCon. One job per
 # (encoder, scope): scope `all` (label-free, once on the cohort) or fold{k} (the fold's training slides).
-# A preempted job resumes from results/encoders/{encoder}/{scope}/checkpoints/last.pt.
+# A preempted job resumes from results/encoders/{encoder}/{scope}/checkpoints/last.pt. An entry with
+# `gpus: N` > 1 runs under torchrun (DDP, one process per GPU; SLURM gets --gpus N from the gpu resource).
 
 
 rule pretrain:
@@ -14,6 +15,7 @@ rule pretrain:
         classes=as_arg(config["classes"]),
         seed=config["seed"],
         device=config.get("embed", {}).get("device", "auto"),
+        launcher=pretrain_launcher,
         code=code_version("pretrain.py"),
     log:
         "logs/pretrain/{encoder}/{scope}.log",
@@ -24,12 +26,12 @@ rule pretrain:
         scope=r"all|fold\d+",
     threads: 2
     resources:
-        gpu=1,
+        gpu=pretrain_gpus,
         mem_mb=16000,
         runtime=720,
     conda:
         "../../envs/torch.yaml"
     shell:
-        "python -m slidemil pretrain --params {params.cfg} --scope {wildcards.scope} --tiles {input.tiles} "
+        "{params.launcher} pretrain --params {params.cfg} --scope {wildcards.scope} --tiles {input.tiles} "
         "--graphs {input.graphs} {params.folds} --samples {input.samples} --classes {params.classes} "
         "--seed {params.seed} --device {params.device} --threads {threads} --out {output} 2> {log}"
