@@ -58,7 +58,10 @@ def main() -> None:
     embed_slide(store, out, spec, 0, device=a.device, progress=False)
     full = a.tiles / (time.perf_counter() - t0)
 
-    net = build_encoder(spec, 0).to(dev).to(memory_format=torch.channels_last)
+    net = build_encoder(spec, 0)
+    if hasattr(net, "fuse_batchnorm"):  # the network embed_slide runs
+        net.fuse_batchnorm()
+    net = net.to(dev).to(memory_format=torch.channels_last)
     s = spec.resolved_input_size()
     x = torch.randn(a.batch, 3, s, s, device=dev).contiguous(memory_format=torch.channels_last)
     n_batches = max(1, a.tiles // a.batch)

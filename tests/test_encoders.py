@@ -99,3 +99,17 @@ def test_hf_dinov2_keys_load_into_the_timm_vit(tmp_path):
     load_checkpoint(other, tmp_path / "pytorch_model.bin")
     for k, v in sd.items():
         assert torch.equal(other.state_dict()[k], v), k
+
+
+def test_fused_batchnorm_gives_the_same_features():
+    net = build_encoder(EncoderSpec("r", arch="resnet50", depth=3), 0)
+    for m in net.modules():  # non-trivial running statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        want = net(x)
+        got = net.fuse_batchnorm()(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

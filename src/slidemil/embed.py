@@ -84,7 +84,10 @@ def embed_slide(tiles_path: str | Path, out: str | Path, spec: EncoderSpec, seed
     size, precision = spec.resolved_input_size(), spec.resolved_precision()
     g = open_tiles(tiles_path)
     n, tile = g["tiles"].shape[0], g["tiles"].shape[1]
-    net = build_encoder(spec, seed).to(dev).to(memory_format=torch.channels_last)
+    net = build_encoder(spec, seed)
+    if hasattr(net, "fuse_batchnorm"):  # frozen: BatchNorm folded into the convolutions
+        net.fuse_batchnorm()
+    net = net.to(dev).to(memory_format=torch.channels_last)
     with autocast_for(dev, precision):
         dim = net(preprocess(np.full((1, tile, tile, 3), 255, np.uint8), size, entry.mean, entry.std, dev)).shape[1]
     feats = np.zeros((n, dim), np.float32)
