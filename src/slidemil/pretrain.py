@@ -69,6 +69,7 @@ class PretrainParams:
     balance_labels: bool | None = None  # half negative-slide, half positive-slide tiles per batch; None: if labels used
     scope: str = "auto"  # auto (fold{k} if labels are used, else all) | all | folds
     workers: int = 2  # DataLoader workers reading and decoding tiles
+    enabled: bool = True  # false drops the entry (a config file cannot delete a dict key it merges over)
     gpus: int = 1  # > 1: torchrun with one process per GPU (DDP, contrastive negatives gathered across ranks)
     precision: str = "bf16"  # autocast dtype on CUDA (fp32 | fp16 | bf16); the CPU runs fp32
 
@@ -87,7 +88,7 @@ class PretrainParams:
     def digest(self) -> str:
         """Hash of what shapes the weights (not `workers`, `gpus`): a checkpoint resumes only if it matches."""
         d = dataclasses.asdict(self)
-        d.pop("workers"), d.pop("gpus")
+        d.pop("workers"), d.pop("gpus"), d.pop("enabled")
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
