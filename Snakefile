@@ -8,9 +8,13 @@ min_version("9.0")
 configfile: f"{workflow.basedir}/config/config.yaml"  # defaults, also from another --directory
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/preprocess.smk"
+include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/embed.smk"
 include: "workflow/rules/mil.smk"
 include: "workflow/rules/evaluate.smk"

@@ -258,13 +258,22 @@ def mil_params(cfg: dict, model: str) -> tuple[str, dict]:
     return p.pop("model", model), p
 
 
-def check_bounds(figures: dict[str, float]) -> dict[str, bool]:
+def _r(v: float) -> float | None:
+    return None if np.isnan(v) else round(v, 4)
+
+
+def check_bounds(figures: dict[str, float]) -> dict[str, bool | None]:
+    """Each bound: True/False, or None when its figure was not measured (NaN)."""
+    def test(v: float, holds: bool) -> bool | None:
+        return None if np.isnan(v) else bool(holds)
+
     ok = {}
     for key, (op, bound) in BOUNDS.items():
         v = figures[key]
-        ok[key] = bool(v <= bound if op == "<=" else v >= bound)
-    ok["mean_below_abmil_random"] = bool(figures["mean_random_slide_auc"] < figures["abmil_random_slide_auc"])
-    ok["mean_below_abmil_supervised"] = bool(figures["mean_supervised_slide_auc"] < figures["abmil_supervised_slide_auc"])
+        ok[key] = test(v, v <= bound if op == "<=" else v >= bound)
+    for feats in ("random", "supervised"):
+        m, ab = figures[f"mean_{feats}_slide_auc"], figures[f"abmil_{feats}_slide_auc"]
+        ok[f"mean_below_abmil_{feats}"] = test(m + ab, m < ab)
     return ok
 
 
@@ -275,10 +284,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--samples", default=None, help="sample sheet (default: the config's `samples`)")
     ap.add_argument("--encoder", default=None, help="feature set of the floor (default: the config's first encoder)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="MIL training seeds")
-    ap.add_argument("--sup-epochs", type=int, default=12, help="supervised encoder epochs per fold")
-    ap.add_argument("--neg-ratio", type=float, default=3.0, help="benign tiles per tumour tile in an epoch")
+    ap.add_argument("--sup-epochs", type=int, default=8, help="supervised encoder epochs per fold")
+    ap.add_argument("--neg-ratio", type=float, default=2.0, help="benign tiles per tumour tile in an epoch")
     ap.add_argument("--max-train-tiles", type=int, default=6000, help="training tiles per fold (all tumour kept)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--mil-on", nargs="+", default=["random", "supervised"], choices=["random", "supervised"],
+                    help="feature sets MIL is trained on (a bound whose figure is not measured reads null)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (more than one thrashes on a busy machine)")
     a = ap.parse_args(argv)
 
     import torch
@@ -315,6 +326,9 @@ def main(argv: list[str] | None = None) -> dict:
     mil = {}
     t0 = time.time()
     for feats_name, bags in (("random", rand_feats), ("supervised", sup_feats)):
+        if feats_name not in a.mil_on:
+            mil.update({f"{run}_{feats_name}": {"auc": float("nan"), "auc_per_seed": []} for run in ("mean", "abmil")})
+            continue
         for run in ("mean", "abmil"):
             model, params = mil_params(cfg, run)
             mil[f"{run}_{feats_name}"] = r = mil_auc(bags, labels, folds, model, params, a.seeds)
@@ -332,16 +346,16 @@ def main(argv: list[str] | None = None) -> dict:
     }
     ok = check_bounds(figures)
     for key, good in ok.items():
-        print(f"{'PASS' if good else 'FAIL'} {key}")
+        print(f"{'not measured' if good is None else 'PASS' if good else 'FAIL'} {key}")
     out = {
-        **{k: round(v, 4) for k, v in figures.items()},
+        **{k: (None if np.isnan(v) else round(v, 4)) for k, v in figures.items()},
         "random_probe_tile_auc_vs_mimic": round(probe["vs_mimic"], 4),
         "random_probe_tile_auc_vs_other": round(probe["vs_other"], 4),
         "supervised_tile_auc_vs_mimic": round(sup["vs_mimic"], 4),
         "supervised_tile_auc_vs_other": round(sup["vs_other"], 4),
-        "mil": {k: {kk: (round(vv, 4) if isinstance(vv, float) else [round(x, 4) for x in vv]) for kk, vv in v.items()}
+        "mil": {k: {kk: (_r(vv) if isinstance(vv, float) else [_r(x) for x in vv]) for kk, vv in v.items()}
                 for k, v in mil.items()},
-        "bounds_met": ok, "all_bounds_met": all(ok.values()),
+        "bounds_met": ok, "all_bounds_met": all(v is True for v in ok.values()),
         "n_slides": len(slides), "n_tumour_slides": n_pos, "n_tiles": n_tiles,
         "n_folds": int(folds["fold"].nunique()), "seeds": a.seeds, "encoder": spec.name,
         "supervised": {"epochs": a.sup_epochs, "neg_ratio": a.neg_ratio, "max_train_tiles": a.max_train_tiles},

@@ -47,3 +47,14 @@ def inked_slide(tmp_path_factory) -> tuple[Path, np.ndarray]:
     path = tmp_path_factory.mktemp("inked") / "inked.tiff"
     write_pyramidal_tiff(rgb, path, SMALL.mpp)
     return path, ink
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+    """A finished tiny workflow run (8 slides, 2 folds, 2 seeds), shared by the e2e and report tests."""
+    from test_workflow import _tiny_config, snakemake
+
+    workdir = tmp_path_factory.mktemp("wf")
+    _tiny_config(workdir)
+    snakemake(workdir)
+    return workdir

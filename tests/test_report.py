@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from test_workflow import _tiny_config, snakemake
+from test_workflow import snakemake
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -105,18 +105,12 @@ def _png_bytes(data_uri: str) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> tuple[Path, Path]:
-    """(workdir, report.html) of a finished tiny run with one seed."""
-    chromium()  # fail or skip before the minute of workflow
-    workdir = tmp_path_factory.mktemp("report")
-    cfg_path = _tiny_config(workdir)
-    cfg = yaml.safe_load(cfg_path.read_text())
-    cfg["seeds"] = cfg.get("seeds", [0])[:1]
-    cfg_path.write_text(yaml.safe_dump(cfg))
-    snakemake(workdir)
-    html = workdir / "results" / "report.html"
-    snakemake(workdir, "--report", str(html))
-    return workdir, html
+def report(finished_run) -> tuple[Path, Path]:
+    """(workdir, report.html) of the finished tiny run."""
+    chromium()  # fail or skip before building the report
+    html = finished_run / "results" / "report.html"
+    snakemake(finished_run, "--report", str(html))
+    return finished_run, html
 
 
 @pytest.mark.e2e

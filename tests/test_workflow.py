@@ -62,28 +62,33 @@ def planned_rules(workdir: Path) -> set[str]:
     return set(planned_jobs(workdir))
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("wf")
-    _tiny_config(workdir)
-    snakemake(workdir)
-    return workdir
-
-
 @pytest.mark.e2e
 def test_end_to_end_benchmark(finished_run):
-    bench = pd.read_csv(finished_run / "results" / "benchmark.csv")
-    per_fold = bench[bench["fold"].astype(str) != "summary"]
-    assert len(per_fold) == 1 * 2 * 2  # encoders x models x folds
-    assert set(per_fold["model"]) == {"mean", "abmil"}
-    assert per_fold["auc"].between(0, 1).all()
-    assert (bench["fold"].astype(str) == "summary").sum() == 2
+    results = finished_run / "results"
+    models = set(yaml.safe_load((finished_run / "config.yaml").read_text())["mil"]["models"])
+    bench = pd.read_csv(results / "benchmark.csv")
+    assert len(bench) == len(models) and set(bench["model"]) == models  # one row per encoder x model
+    assert (bench[["n_folds", "n_seeds"]] == [2, 2]).all().all()
+    assert (bench["pooled_auc_ci_lo"] <= bench["pooled_auc"]).all() and (bench["pooled_auc"] <= bench["pooled_auc_ci_hi"]).all()
+    runs = pd.read_csv(results / "benchmark_runs.csv")
+    assert len(runs) == len(models) * 2 * 2 and set(runs["seed"]) == {0, 1}  # models x folds x seeds
+    # the two seeds are different runs, not copies of one
+    by_seed = runs.sort_values(["model", "fold"]).groupby("seed")["auc"].apply(list)
+    assert by_seed[0] != by_seed[1]
+    comparisons = pd.read_csv(results / "comparisons.csv")
+    assert set(comparisons["a_model"]) == models - {"abmil"} and (comparisons["b_model"] == "abmil").all()
+    assert (comparisons["n_slides"] == 8).all()
+    claims = pd.read_csv(results / "claims.csv")
+    assert set(claims["verdict"]) <= {"holds", "does not hold", "inconclusive", "not run"}
     qc = pd.read_csv(finished_run / "results" / "qc" / "cohort.tsv", sep="\t")
     assert len(qc) == 8 and (qc["n_tiles"] > 0).all()
     assert (finished_run / "results" / "roc.png").stat().st_size > 0
     inst = pd.read_csv(finished_run / "results" / "heatmaps" / "resnet18_rand" / "abmil" / "instance_metrics.csv")
     assert len(inst) == 8 and inst.loc[inst["label"] == "tumour", "instance_auc"].notna().any()
-    assert len(list((finished_run / "results" / "heatmaps" / "resnet18_rand" / "abmil").glob("*.png"))) == 8
+    heat = finished_run / "results" / "heatmaps" / "resnet18_rand" / "abmil"
+    assert len(list((heat / "png").glob("*.png"))) == 4  # 2 per fold
+    assert len(list((heat / "geojson").glob("*.geojson"))) == 8  # every test slide, for QuPath
+    assert (heat / "froc.csv").stat().st_size > 0 and (heat / "training_curves.png").stat().st_size > 0
     for rule in ("mask", "tile", "graph", "embed", "mil"):
         assert list((finished_run / "logs" / rule).rglob("*.log")), f"no logs for {rule}"
     assert "tile" in (finished_run / "logs" / "tile" / "t1.log").read_text()  # tqdm/logging reached the log

@@ -109,7 +109,34 @@ def cmd_embed(a: argparse.Namespace) -> None:
 
     torch.set_num_threads(a.threads)  # as many as the rule was given: same numbers locally and on SLURM
     spec = EncoderSpec(**_fields(EncoderSpec, _json(a.encoder)))
+    if a.weights:  # the rule's declared weights input (replacing the file reruns embedding)
+        spec = dataclasses.replace(spec, weights=a.weights)
     embed_slide(a.tiles, a.out, spec, a.seed, device=a.device)
+
+
+def cmd_pretrain(a: argparse.Namespace) -> None:
+    import os
+
+    from slidemil.pretrain import PretrainParams, pretrain, sources_for_scope
+    from slidemil.samples import read_sheet
+
+    import torch
+
+    torch.set_num_threads(a.threads)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: one process per GPU, negatives gathered
+        import torch.distributed as dist
+
+        dist.init_process_group("nccl" if torch.cuda.is_available() and a.device != "cpu" else "gloo")
+    params = PretrainParams.from_dict(_json(a.params))
+    labels = None
+    if params.uses_labels:  # slide label -> class index (0 = the negative class); only fold scopes get them
+        classes = json.loads(a.classes)
+        sheet = read_sheet(a.samples)
+        labels = {str(s): classes.index(lab) for s, lab in zip(sheet["slide_id"], sheet["label"])}
+    sources = sources_for_scope(a.tiles, a.graphs, a.scope, labels, a.folds)
+    logging.info("pretrain %s scope %s: %d slides, objective %s, sampler %s", a.out, a.scope, len(sources),
+                 params.objective, params.sampler)
+    pretrain(sources, params, a.out, a.seed, device=a.device)
 
 
 def cmd_qc(a: argparse.Namespace) -> None:
@@ -139,6 +166,8 @@ def cmd_export_h5(a: argparse.Namespace) -> None:
 
 
 def cmd_folds(a: argparse.Namespace) -> None:
+    import os
+
     from slidemil.folds import fold_table
     from slidemil.samples import SampleSheetError, read_sheet
 
@@ -150,52 +179,55 @@ def cmd_folds(a: argparse.Namespace) -> None:
                                    "column is missing or has blanks; fill it (train/val/test) or set it false")
     else:
         samples = samples.drop(columns=["split"], errors="ignore")
-    if a.qc:  # slides that failed or have no tissue would only take fold places and be skipped by MIL
-        import pandas as pd
-
-        qc = pd.read_csv(a.qc, sep="\t", dtype={"slide_id": str}, keep_default_na=False)
-        unusable = set(qc.loc[qc["status"] != "ok", "slide_id"])
-        for sid in sorted(unusable & set(samples["slide_id"])):
-            logging.warning("%s: left out of the folds (QC status %s)", sid,
-                            qc.loc[qc["slide_id"] == sid, "status"].iloc[0])
-        samples = samples[~samples["slide_id"].isin(unusable)]
+    # The whole sheet, before QC: a slide failing or being fixed never moves another slide
+    # (MIL skips failed and empty feature stores).
     table = fold_table(samples, p.get("n_folds", 5), a.seed, p.get("val_fraction", 0.2))
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(a.out, index=False)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")  # an interrupted job leaves no half-written table
+    table.to_csv(tmp, index=False)
+    os.replace(tmp, out)
     logging.info("%s", table.groupby(["fold", "role"]).size().unstack(fill_value=0).to_string())
 
 
 def cmd_mil(a: argparse.Namespace) -> None:
+    from slidemil.mil.params import run_params
     from slidemil.mil.train import run_fold
 
     p = _json(a.params)
+    if "models" in p:  # the whole `mil` block: this model's run params (its block over the top level)
+        p = run_params(p, a.model)
     device = p.pop("device", "auto")
-    p.pop("models", None)
+    model = p.pop("model", a.model)  # the registered model of run a.model (an alias in the config)
     if device == "auto":
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    run_fold(a.features_dir, a.folds, a.samples, a.fold, a.model, p, a.out_dir, a.seed,
-             json.loads(a.classes), device=device, threads=a.threads)
+    run_fold(a.features_dir, a.folds, a.samples, a.fold, model, p, a.out_dir, a.seed,
+             json.loads(a.classes), device=device, threads=a.threads, graphs_dir=a.graphs_dir,
+             cache_mb=a.cache_mb)
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
-    from slidemil.evaluate import write_benchmark
+    from slidemil.evaluate import parse_run_path, write_evaluation
 
-    runs = []
-    for pred in a.predictions:  # results/mil/{encoder}/{model}/fold{k}/predictions.csv
-        parts = Path(pred).parts
-        runs.append({"encoder": parts[-4], "model": parts[-3], "fold": int(parts[-2].removeprefix("fold")),
-                     "predictions_csv": pred})
-    write_benchmark(runs, json.loads(a.classes), a.out, a.plot, n_boot=a.bootstrap, seed=a.seed)
+    runs = [parse_run_path(pred) for pred in a.predictions]  # .../{encoder}/{model}/fold{k}/seed{s}/...
+    out = {"table": a.out, "runs": a.runs_out or str(Path(a.out).with_name(Path(a.out).stem + "_runs.csv")),
+           "plot": a.plot, "comparisons": a.comparisons, "claims": a.claims}
+    write_evaluation(runs, json.loads(a.classes), out, params=_json(a.params), encoders=_json(a.encoders),
+                     models=_json(a.models), pretrain=_json(a.pretrain), n_boot=a.bootstrap, seed=a.seed)
 
 
 def cmd_heatmaps(a: argparse.Namespace) -> None:
+    from slidemil.froc import FrocParams
     from slidemil.heatmaps import heatmaps_for_model
     from slidemil.samples import read_sheet
 
     samples = read_sheet(a.samples).set_index("slide_id", drop=False)
-    table = heatmaps_for_model(a.folds, a.features_dir, samples, _json(a.annotations), a.out_dir)
+    froc = FrocParams(merge_um=a.froc_merge_um, itc_um=a.froc_itc_um or None, mask_um=a.froc_mask_um,
+                      nms_radius=a.froc_nms_radius)
+    table = heatmaps_for_model(a.folds, a.features_dir, samples, _json(a.annotations), a.out_dir,
+                               png_per_fold=a.png_per_fold, froc=froc, title=a.title)
     if table["instance_auc"].notna().any():
         logging.info("instance AUC (annotated test slides): mean %.3f over %d slides",
                      table["instance_auc"].mean(), table["instance_auc"].notna().sum())
@@ -242,10 +274,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("embed", cmd_embed, "embed one tile store with a frozen encoder")
     p.add_argument("--tiles", required=True)
     p.add_argument("--encoder", required=True, help="JSON of one config `encoders` entry")
+    p.add_argument("--weights", default=None, help="weights file (overrides the entry's `weights`)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", required=True)
+
+    p = add("pretrain", cmd_pretrain, "pretrain one encoder (config `pretrain` entry) in one scope")
+    p.add_argument("--params", required=True, help="JSON of one config `pretrain` entry")
+    p.add_argument("--scope", required=True, help="all | fold<k> (fold k's training slides only)")
+    p.add_argument("--tiles", nargs="+", required=True, help="tile stores of the cohort (results/tiles/{slide}.zarr)")
+    p.add_argument("--graphs", nargs="*", default=[], help="neighbour graphs (results/graphs/{slide}.npz)")
+    p.add_argument("--folds", default=None, help="results/folds.csv (needed for fold scopes)")
+    p.add_argument("--samples", default=None, help="sample sheet (labels, for label-using objectives)")
+    p.add_argument("--classes", default="[]", help="JSON list of class names; the first is negative")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", required=True, help="results/encoders/{encoder}/{scope}/encoder.pt")
     p = add("qc", cmd_qc, "cohort QC table from tile stores and mask sidecars")
     p.add_argument("--tiles", nargs="+", required=True)
     p.add_argument("--masks", nargs="+", required=True)
@@ -258,7 +304,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("folds", cmd_folds, "patient-level stratified folds (or the official split)")
     p.add_argument("--samples", required=True)
     p.add_argument("--params", default="{}", help="JSON of config `evaluate`")
-    p.add_argument("--qc", default=None, help="cohort QC table: slides whose status is not ok get no fold")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
 
@@ -268,26 +313,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", required=True)
     p.add_argument("--fold", type=int, required=True)
     p.add_argument("--model", required=True)
-    p.add_argument("--params", default="{}", help="JSON of config `mil`")
+    p.add_argument("--params", default="{}",
+                   help="JSON of this model's run params (slidemil.mil.params.run_params), or of config `mil`")
     p.add_argument("--classes", required=True, help="JSON list of class names")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out-dir", required=True)
+    p.add_argument("--graphs-dir", default=None, help="results/graphs: neighbour graphs {slide}.npz (SRMIL)")
+    p.add_argument("--cache-mb", type=float, default=2048,
+                   help="features kept in memory across epochs; the rest is re-read from the stores")
 
-    p = add("heatmaps", cmd_heatmaps, "attention heatmaps of test slides + instance AUC vs annotations")
-    p.add_argument("--folds", nargs="+", required=True, help="results/mil/{encoder}/{model}/fold{k} dirs")
+    p = add("heatmaps", cmd_heatmaps, "a model's evidence on its test slides: heatmaps, QuPath GeoJSON, "
+            "instance AUC and lesion FROC vs annotations, training curves")
+    p.add_argument("--folds", nargs="+", required=True,
+                   help="MIL run dirs, results/mil/{encoder}/{model}/fold{k}[/seed{s}]")
     p.add_argument("--features-dir", required=True)
     p.add_argument("--samples", required=True)
     p.add_argument("--annotations", default="{}", help="JSON slide_id -> annotation file")
     p.add_argument("--out-dir", required=True)
+    p.add_argument("--png-per-fold", type=int, default=2, help="heatmap PNGs per run (the rest: GeoJSON only)")
+    p.add_argument("--title", default=None, help="title of the training curves (default: last two out-dir parts)")
+    p.add_argument("--froc-nms-radius", type=int, default=1,
+                   help="FROC detections: tiles that are the maximum within this many tiles (0: every tile)")
+    p.add_argument("--froc-merge-um", type=float, default=75.0, help="lesions closer than this are one lesion")
+    p.add_argument("--froc-itc-um", type=float, default=200.0,
+                   help="lesions with a shorter major axis are isolated tumour cells, left out (0: keep all)")
+    p.add_argument("--froc-mask-um", type=float, default=8.0, help="pixel size of the FROC lesion mask, microns")
 
-    p = add("evaluate", cmd_evaluate, "benchmark table and ROC plot from MIL predictions")
-    p.add_argument("--predictions", nargs="+", required=True)
+    p = add("evaluate", cmd_evaluate, "benchmark tables, paired comparisons, claims and ROC plot from MIL predictions")
+    p.add_argument("--predictions", nargs="+", required=True,
+                   help="results/mil/{encoder}/{model}/fold{k}/seed{s}/predictions.csv (no seed{s}: seed 0)")
     p.add_argument("--classes", required=True, help="JSON list of class names")
-    p.add_argument("--bootstrap", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
-    p.add_argument("--plot", required=True)
+    p.add_argument("--params", default="{}", help="JSON of config `evaluate` (baselines, compare, claim_margin)")
+    p.add_argument("--encoders", default="[]", help="JSON of config `encoders` (order and claim metadata)")
+    p.add_argument("--models", default="{}", help="JSON of config `mil.models` (run parameters the claims read)")
+    p.add_argument("--pretrain", default="{}", help="JSON of config `pretrain` (pretrained encoders' metadata)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    p.add_argument("--out", required=True, help="benchmark.csv: one row per (encoder, model)")
+    p.add_argument("--runs-out", default=None, help="per-run rows (default: <out stem>_runs.csv beside --out)")
+    p.add_argument("--plot", required=True, help="ROC plot (PNG)")
+    p.add_argument("--comparisons", default=None, help="comparisons.csv to write (paired AUC differences)")
+    p.add_argument("--claims", default=None, help="claims.csv to write (the seed papers' claims)")
     return ap
 
 

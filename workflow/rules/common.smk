@@ -12,8 +12,10 @@ SRC = Path(workflow.current_basedir).parents[1] / "src"
 sys.path.insert(0, str(SRC))  # the sheet checks below are slidemil's own (src/slidemil/samples.py)
 from slidemil.codeversion import code_version as _code_version  # noqa: E402
 from slidemil.samples import check_sheet, read_sheet  # noqa: E402
+from slidemil.mil.params import check_mil_config  # noqa: E402
 
 validate(config, schema="../schemas/config.schema.yaml")
+MIL_RUNS = check_mil_config(config["mil"], n_classes=len(config["classes"]))  # run -> params JSON, checked
 
 DEMO_SLIDES = "results/demo/slides/{slide}.tiff"
 SAMPLES = read_sheet(config["samples"])
@@ -26,9 +28,33 @@ SLIDES = list(SAMPLES.index)
 ENCODERS = {e["name"]: e for e in config["encoders"]}
 N_FOLDS = 1 if config["evaluate"]["use_official_split"] else config["evaluate"]["n_folds"]
 
+# Pretrained encoders (config `pretrain`, name: params): each is an encoder of the benchmark. Label-free
+# ones train once on the cohort (scope `all`, transductive) and join ENCODERS with today's feature paths;
+# label-using ones (WeakSupCon, SupCon) train per fold on the fold's training slides (scopes fold{k}) and
+# are listed in FOLD_ENCODERS, with per-fold features results/features/{encoder}/fold{k}/{slide}.zarr.
+from slidemil.pretrain import PretrainParams, scopes_of  # noqa: E402
+
+PRETRAIN = {name: PretrainParams.from_dict(p or {}) for name, p in (config.get("pretrain") or {}).items()
+            if (p or {}).get("enabled", True)}
+PRETRAIN_SCOPES = {name: scopes_of(p, N_FOLDS) for name, p in PRETRAIN.items()}
+if set(PRETRAIN) & set(ENCODERS):
+    raise ValueError(f"config: {sorted(set(PRETRAIN) & set(ENCODERS))} named in both `encoders` and `pretrain`")
+
+
+def pretrained_encoder(name: str, scope: str = "all") -> dict:
+    """The `encoders`-style entry of a pretrained encoder: its backbone, fed as in pretraining."""
+    p = PRETRAIN[name]
+    return {"name": name, "arch": p.backbone, "depth": p.depth, "input_size": p.input_size, "batch_size": 128,
+            "weights": f"results/encoders/{name}/{scope}/encoder.pt"}
+
+
+ENCODERS.update({n: pretrained_encoder(n) for n, scopes in PRETRAIN_SCOPES.items() if scopes == ["all"]})
+FOLD_ENCODERS = [n for n, scopes in PRETRAIN_SCOPES.items() if scopes != ["all"]]
+
 
 wildcard_constraints:
-    slide="|".join(map(str, SLIDES)) or "NONE",
+    # the sheet schema's id pattern, not an alternation of every id: planning stays linear in slides
+    slide=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     encoder="|".join(ENCODERS),
     model="[A-Za-z0-9_]+",
     fold=r"\d+",
@@ -125,3 +151,73 @@ def all_outputs() -> list[str]:
             *expand("results/heatmaps/{encoder}/{model}/instance_metrics.csv", encoder=ENCODERS,
                     model=config["mil"]["models"]),
             *expand("results/graphs/{slide}.npz", slide=SLIDES)]
+
+
+# --- encoders and pretraining (workflow/rules/embed.smk, pretrain.smk) ---
+
+
+def encoder_weights(wildcards) -> list[str]:
+    """An encoder's weights file, a declared input of embed (replacing it reruns embedding); [] = random init."""
+    weights = ENCODERS[wildcards.encoder].get("weights")
+    return [weights] if weights else []
+
+
+def weights_flag(wildcards, input) -> str:
+    return f"--weights {input.weights}" if input.weights else ""
+
+
+def fold_encoder_arg(wildcards) -> str:
+    return as_arg(pretrained_encoder(wildcards.encoder, f"fold{wildcards.fold}"))
+
+
+def pretrain_inputs(wildcards) -> dict:
+    """Every tile store (the CLI keeps the scope's slides), graphs for spatial pairs, folds for fold scopes."""
+    params = PRETRAIN[wildcards.encoder]
+    if wildcards.scope not in PRETRAIN_SCOPES[wildcards.encoder]:
+        raise ValueError(f"pretrain {wildcards.encoder}: scope {wildcards.scope} is not one of "
+                         f"{PRETRAIN_SCOPES[wildcards.encoder]}")
+    inputs = {"tiles": expand("results/tiles/{slide}.zarr", slide=SLIDES), "samples": config["samples"],
+              "graphs": expand("results/graphs/{slide}.npz", slide=SLIDES) if params.sampler != "augment" else []}
+    if wildcards.scope != "all":
+        inputs["folds"] = "results/folds.csv"
+    return inputs
+
+
+def pretrain_arg(wildcards) -> str:
+    return as_arg(config["pretrain"][wildcards.encoder] or {})
+
+
+def pretrain_gpus(wildcards) -> int:
+    return PRETRAIN[wildcards.encoder].gpus
+
+
+def pretrain_launcher(wildcards) -> str:
+    """`python -m slidemil`, or torchrun with one process per GPU when the entry asks for several."""
+    n = PRETRAIN[wildcards.encoder].gpus
+    return f"torchrun --standalone --nproc_per_node {n} -m slidemil" if n > 1 else "python -m slidemil"
+
+
+def pretrain_folds_flag(wildcards, input) -> str:
+    return f"--folds {input.folds}" if "folds" in input.keys() else ""
+
+
+def pretrained_encoders() -> list[str]:
+    """Every results/encoders/{encoder}/{scope}/encoder.pt the config asks for."""
+    return [f"results/encoders/{n}/{s}/encoder.pt" for n, scopes in PRETRAIN_SCOPES.items() for s in scopes]
+
+
+def encoder_scope(encoder: str, fold) -> str:
+    """The scope whose features a MIL job of (encoder, fold) reads: fold{k} for fold-trained encoders, else all."""
+    return f"fold{fold}" if encoder in FOLD_ENCODERS else "all"
+
+
+def features_dir(wildcards) -> str:
+    """Feature folder of a MIL job (encoder, fold): results/features/{encoder}[/fold{k}]."""
+    scope = encoder_scope(wildcards.encoder, wildcards.fold)
+    parts = ["results", "features", wildcards.encoder] + ([] if scope == "all" else [scope])
+    return "/".join(parts)
+
+
+def mil_features(wildcards) -> list[str]:
+    """Feature stores of a MIL job (encoder, fold), in its encoder's scope (slide_features for scope all)."""
+    return expand("{d}/{slide}.zarr", d=features_dir(wildcards), slide=SLIDES)

@@ -1,13 +1,22 @@
-# Per-slide features from a frozen encoder (GPU when one is allocated, else CPU).
+# Per-slide features from a frozen encoder (GPU when one is allocated, else CPU). The weights file
+# (a local checkpoint, or results/encoders/{encoder}/{scope}/encoder.pt of a pretrained encoder) is a
+# declared input: replacing it reruns embedding.
+
+EMBED_SHELL = (
+    "python -m slidemil embed --tiles {input.tiles} --encoder {params.encoder} {params.weights} "
+    "--seed {params.seed} --device {params.device} --threads {threads} --out {output} 2> {log}"
+)
 
 
 rule embed:
     input:
         tiles="results/tiles/{slide}.zarr",
+        weights=encoder_weights,
     output:
         directory("results/features/{encoder}/{slide}.zarr"),
     params:
         encoder=encoder_arg,
+        weights=weights_flag,
         seed=config["seed"],
         device=config.get("embed", {}).get("device", "auto"),
         code=code_version("embed.py", "store.py"),
@@ -23,4 +32,34 @@ rule embed:
     conda:
         "../../envs/torch.yaml"
     shell:
-        "python -m slidemil embed --tiles {input.tiles} --encoder {params.encoder} --seed {params.seed} --device {params.device} --threads {threads} --out {output} 2> {log}"
+        EMBED_SHELL
+
+
+# Features of an encoder trained on fold k's training slides (config `pretrain` entries that use labels).
+rule embed_fold:
+    input:
+        tiles="results/tiles/{slide}.zarr",
+        weights="results/encoders/{encoder}/fold{fold}/encoder.pt",
+    output:
+        directory("results/features/{encoder}/fold{fold}/{slide}.zarr"),
+    params:
+        encoder=fold_encoder_arg,
+        weights=weights_flag,
+        seed=config["seed"],
+        device=config.get("embed", {}).get("device", "auto"),
+        code=code_version("embed.py", "store.py"),
+    log:
+        "logs/embed/{encoder}/fold{fold}/{slide}.log",
+    benchmark:
+        "results/benchmarks/embed/{encoder}/fold{fold}/{slide}.tsv"
+    wildcard_constraints:
+        encoder="|".join(FOLD_ENCODERS) or "NONE",
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/torch.yaml"
+    shell:
+        EMBED_SHELL

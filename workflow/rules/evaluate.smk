@@ -1,23 +1,56 @@
-# The benchmark table (one row per encoder x model x fold + summaries) and its ROC plot.
+# The benchmark tables (per encoder x model, and per run), paired comparisons, the claims table
+# and the ROC plot, from every MIL run's predictions (slidemil.evaluate documents the estimators).
 
 
 rule evaluate:
     input:
         all_predictions(),
     output:
-        table="results/benchmark.csv",
-        plot="results/roc.png",
+        table=report(
+            "results/benchmark.csv",
+            caption="../report/benchmark.rst",
+            category="1. Benchmark",
+            labels={"result": "benchmark per encoder x model"},
+        ),
+        runs=report(
+            "results/benchmark_runs.csv",
+            caption="../report/benchmark_runs.rst",
+            category="1. Benchmark",
+            labels={"result": "benchmark per run"},
+        ),
+        plot=report(
+            "results/roc.png",
+            caption="../report/roc.rst",
+            category="1. Benchmark",
+            labels={"result": "ROC curves"},
+        ),
+        comparisons=report(
+            "results/comparisons.csv",
+            caption="../report/comparisons.rst",
+            category="1. Benchmark",
+            labels={"result": "paired comparisons"},
+        ),
+        claims=report(
+            "results/claims.csv",
+            caption="../report/claims.rst",
+            category="2. Claims",
+            labels={"result": "claims"},
+        ),
     params:
+        cfg=as_arg(config["evaluate"]),
+        encoders=as_arg(config["encoders"]),
+        models=as_arg(config["mil"]["models"]),
+        pretrain=as_arg(config.get("pretrain") or {}),
         classes=as_arg(config["classes"]),
         bootstrap=config["evaluate"]["bootstrap"],
         seed=config["seed"],
-        code=code_version("evaluate.py", "metrics.py"),
+        code=code_version("cli:cmd_evaluate"),
     log:
         "logs/evaluate/benchmark.log",
     conda:
         "../../envs/torch.yaml"
     shell:
-        "python -m slidemil evaluate --predictions {input} --classes {params.classes} --bootstrap {params.bootstrap} --seed {params.seed} --out {output.table} --plot {output.plot} 2> {log}"
+        "python -m slidemil evaluate --predictions {input} --classes {params.classes} --params {params.cfg} --encoders {params.encoders} --models {params.models} --pretrain {params.pretrain} --bootstrap {params.bootstrap} --seed {params.seed} --out {output.table} --runs-out {output.runs} --plot {output.plot} --comparisons {output.comparisons} --claims {output.claims} 2> {log}"
 
 
 
@@ -27,16 +60,47 @@ rule heatmaps:
         features=slide_features,
         samples=config["samples"],
     output:
-        "results/heatmaps/{encoder}/{model}/instance_metrics.csv",
+        metrics=report(
+            "results/heatmaps/{encoder}/{model}/instance_metrics.csv",
+            caption="../report/instance_metrics.rst",
+            category="5. Instance level",
+            subcategory="{encoder} / {model}",
+            labels={"result": "instance metrics per slide"},
+        ),
+        froc=report(
+            "results/heatmaps/{encoder}/{model}/froc.csv",
+            caption="../report/froc.rst",
+            category="5. Instance level",
+            subcategory="{encoder} / {model}",
+            labels={"result": "lesion FROC"},
+        ),
+        froc_curve="results/heatmaps/{encoder}/{model}/froc_curve.csv",
+        png=report(
+            directory("results/heatmaps/{encoder}/{model}/png"),
+            patterns=["{slide}.png"],
+            caption="../report/heatmap.rst",
+            category="4. Attention heatmaps",
+            subcategory="{encoder} / {model}",
+            labels={"slide": "{slide}"},
+        ),
+        geojson=directory("results/heatmaps/{encoder}/{model}/geojson"),
+        curves=report(
+            "results/heatmaps/{encoder}/{model}/training_curves.png",
+            caption="../report/training_curves.rst",
+            category="3. Training curves",
+            subcategory="{encoder}",
+            labels={"model": "{model}"},
+        ),
     params:
         folds=heatmap_fold_dirs,
         annotations=annotations_arg(),
         features_dir="results/features/{encoder}",
         out_dir="results/heatmaps/{encoder}/{model}",
-        code=code_version("heatmaps.py", "metrics.py"),
+        title="{encoder} / {model}",
+        code=code_version("cli:cmd_heatmaps"),
     log:
         "logs/heatmaps/{encoder}/{model}.log",
     conda:
         "../../envs/torch.yaml"
     shell:
-        "python -m slidemil heatmaps --folds {params.folds} --features-dir {params.features_dir} --samples {input.samples} --annotations {params.annotations} --out-dir {params.out_dir} 2> {log}"
+        "python -m slidemil heatmaps --folds {params.folds} --features-dir {params.features_dir} --samples {input.samples} --annotations {params.annotations} --out-dir {params.out_dir} --title '{params.title}' 2> {log}"

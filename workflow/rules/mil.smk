@@ -7,9 +7,10 @@ rule folds:
     output:
         "results/folds.csv",
     params:
-        cfg=as_arg(config["evaluate"]),
+        # only the keys that split: a bootstrap or claims setting must not rerun the folds and all MIL
+        cfg=as_arg({k: config["evaluate"][k] for k in ("n_folds", "val_fraction", "use_official_split")}),
         seed=config["seed"],
-        code=code_version("folds.py"),
+        code=code_version("cli:cmd_folds"),
     log:
         "logs/folds/folds.log",
     conda:
@@ -20,7 +21,8 @@ rule folds:
 
 rule mil:
     input:
-        features=slide_features,
+        features=mil_features,  # the encoder's scope: all, or fold{k} for fold-trained encoders
+        graphs=expand("results/graphs/{slide}.npz", slide=SLIDES),  # SRMIL's tile graph
         folds="results/folds.csv",
         samples=config["samples"],
     output:
@@ -29,11 +31,11 @@ rule mil:
         attention="results/mil/{encoder}/{model}/fold{fold}/seed{seed}/attention.npz",
         history="results/mil/{encoder}/{model}/fold{fold}/seed{seed}/history.csv",
     params:
-        cfg=as_arg(config["mil"]),
+        cfg=lookup(dpath="{model}", within=MIL_RUNS),  # this run's block over mil's top-level keys
         classes=as_arg(config["classes"]),
-        features_dir="results/features/{encoder}",
+        features_dir=features_dir,
         out_dir="results/mil/{encoder}/{model}/fold{fold}/seed{seed}",
-        code=code_version("mil/models.py", "mil/train.py", "store.py"),
+        code=code_version("cli:cmd_mil"),
     log:
         "logs/mil/{encoder}/{model}/fold{fold}/seed{seed}.log",
     benchmark:
@@ -46,4 +48,4 @@ rule mil:
     conda:
         "../../envs/torch.yaml"
     shell:
-        "python -m slidemil mil --features-dir {params.features_dir} --folds {input.folds} --samples {input.samples} --fold {wildcards.fold} --model {wildcards.model} --params {params.cfg} --classes {params.classes} --seed {wildcards.seed} --threads {threads} --out-dir {params.out_dir} 2> {log}"
+        "python -m slidemil mil --features-dir {params.features_dir} --folds {input.folds} --samples {input.samples} --fold {wildcards.fold} --model {wildcards.model} --params {params.cfg:q} --classes {params.classes} --seed {wildcards.seed} --threads {threads} --graphs-dir $(dirname {input.graphs[0]}) --out-dir {params.out_dir} 2> {log}"

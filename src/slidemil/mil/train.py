@@ -16,6 +16,7 @@ does not grow with the number of slides.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import sys
@@ -24,7 +25,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -239,6 +240,18 @@ def _steps(train_ids: list[str], labels: dict[str, int], rng: np.random.Generato
     return [[p, n] for p, n in zip(pos, neg)]
 
 
+def _libc_trim() -> Callable[[], Any]:
+    """glibc's malloc_trim(0), or a no-op elsewhere."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return lambda: libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        return lambda: None
+
+
+_trim_heap = _libc_trim()
+
+
 def _prefetched(bags: Mapping, steps: list[list[str]]) -> Iterator[tuple[list[str], list]]:
     """(step, its host bags), the next step's bags read by a background thread meanwhile, so that
     reading a streamed bag overlaps training on the previous one (Zarr decoding releases the GIL).
@@ -272,6 +285,10 @@ def train_epoch(net: nn.Module, opt: torch.optim.Optimizer, bags: Mapping, steps
         loss.backward()
         opt.step()
         losses.append(loss.item())
+        del outs, own, loss, hosts
+        # Bags differ in size, so glibc keeps the freed blocks of one step fragmented in its heaps
+        # (one per thread: the prefetcher has its own) and RSS creeps up step by step; hand them back.
+        _trim_heap()
     return losses
 
 
