@@ -126,7 +126,9 @@ def _blurred_demo(seed: int = 3, sigma: float = 24.0):
 
     from slidemil.demo import DemoSlideSpec, render_slide
 
-    rgb, _, _ = render_slide(seed, False, DemoSlideSpec(width=3072, height=2048, mpp=0.5))
+    # no lobules or mimics: their coarse gland/lumen contrast survives a blur (the demo's realism, not focus)
+    spec = DemoSlideSpec(width=3072, height=2048, mpp=0.5, lobule_fraction=(0.0, 0.0), mimic_probability=(0.0, 0.0))
+    rgb, _, _ = render_slide(seed, False, spec)
     blurred = rgb.copy()
     blurred[:, 1536:] = ndi.gaussian_filter(rgb[:, 1536:].astype(np.float32), (sigma, sigma, 0)).clip(0, 255)
     return rgb, blurred

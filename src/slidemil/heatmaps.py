@@ -252,7 +252,8 @@ def heatmaps_for_model(run_dirs: Sequence[str | Path], features_dir: str | Path,
             scores = {k: att[k] for k in att.files}
         pictured = set(pick_slides(pred.loc[sorted(scores)], png_per_fold, negative))
         for sid, s in sorted(scores.items()):
-            feats = read_features(Path(features_dir) / f"{sid}.zarr")
+            # a fold-trained encoder's features live per fold: features_dir may hold "{fold}"
+            feats = read_features(Path(str(features_dir).format(fold=fold)) / f"{sid}.zarr")
             tiles_attrs = dict(zarr.open_group(feats.attrs["tiles_store"], mode="r").attrs)
             tile0 = float(tiles_attrs["tile_size_level0"])
             ann = annotations.get(sid)

@@ -50,12 +50,13 @@ def pretrained_encoder(name: str, scope: str = "all") -> dict:
 
 ENCODERS.update({n: pretrained_encoder(n) for n, scopes in PRETRAIN_SCOPES.items() if scopes == ["all"]})
 FOLD_ENCODERS = [n for n, scopes in PRETRAIN_SCOPES.items() if scopes != ["all"]]
+ALL_ENCODERS = [*ENCODERS, *FOLD_ENCODERS]  # every encoder of the benchmark
 
 
 wildcard_constraints:
     # the sheet schema's id pattern, not an alternation of every id: planning stays linear in slides
     slide=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
-    encoder="|".join(ENCODERS),
+    encoder="|".join(ALL_ENCODERS),
     model="[A-Za-z0-9_]+",
     fold=r"\d+",
     seed=r"\d+",
@@ -106,7 +107,7 @@ SEEDS = config.get("seeds", [config["seed"]])
 
 
 def all_predictions() -> list[str]:
-    return expand("results/mil/{encoder}/{model}/fold{fold}/seed{seed}/predictions.csv", encoder=ENCODERS,
+    return expand("results/mil/{encoder}/{model}/fold{fold}/seed{seed}/predictions.csv", encoder=ALL_ENCODERS,
                   model=config["mil"]["models"], fold=range(N_FOLDS), seed=SEEDS)
 
 
@@ -131,6 +132,19 @@ def heatmap_predictions(wildcards) -> list[str]:
                   model=wildcards.model, fold=range(N_FOLDS), seed=SEEDS[0])
 
 
+def heatmap_features(wildcards) -> list[str]:
+    """Every feature store the heatmaps of (encoder, model) read: per fold for fold-trained encoders."""
+    if wildcards.encoder in FOLD_ENCODERS:
+        return expand("results/features/{encoder}/fold{fold}/{slide}.zarr", encoder=wildcards.encoder,
+                      fold=range(N_FOLDS), slide=SLIDES)
+    return slide_features(wildcards)
+
+
+def heatmap_features_dir(wildcards) -> str:
+    """Feature folder for the heatmaps CLI; "{fold}" is filled in per run for fold-trained encoders."""
+    return f"results/features/{wildcards.encoder}" + ("/fold{fold}" if wildcards.encoder in FOLD_ENCODERS else "")
+
+
 def heatmap_fold_dirs(wildcards) -> str:
     return " ".join(str(Path(p).parent) for p in heatmap_predictions(wildcards))
 
@@ -148,7 +162,7 @@ def annotations_arg() -> str:
 
 def all_outputs() -> list[str]:
     return ["results/benchmark.csv", "results/qc/cohort.tsv",
-            *expand("results/heatmaps/{encoder}/{model}/instance_metrics.csv", encoder=ENCODERS,
+            *expand("results/heatmaps/{encoder}/{model}/instance_metrics.csv", encoder=ALL_ENCODERS,
                     model=config["mil"]["models"]),
             *expand("results/graphs/{slide}.npz", slide=SLIDES)]
 

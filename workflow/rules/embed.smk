@@ -24,7 +24,7 @@ rule embed:
         "logs/embed/{encoder}/{slide}.log",
     benchmark:
         "results/benchmarks/embed/{encoder}/{slide}.tsv"
-    threads: 2
+    threads: config["embed"].get("threads", 2)
     resources:
         gpu=1,
         mem_mb=4000,
@@ -54,7 +54,7 @@ rule embed_fold:
         "results/benchmarks/embed/{encoder}/fold{fold}/{slide}.tsv"
     wildcard_constraints:
         encoder="|".join(FOLD_ENCODERS) or "NONE",
-    threads: 2
+    threads: config["embed"].get("threads", 2)
     resources:
         gpu=1,
         mem_mb=4000,

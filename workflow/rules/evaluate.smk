@@ -57,7 +57,7 @@ rule evaluate:
 rule heatmaps:
     input:
         predictions=heatmap_predictions,
-        features=slide_features,
+        features=heatmap_features,
         samples=config["samples"],
     output:
         metrics=report(
@@ -94,7 +94,7 @@ rule heatmaps:
     params:
         folds=heatmap_fold_dirs,
         annotations=annotations_arg(),
-        features_dir="results/features/{encoder}",
+        features_dir=heatmap_features_dir,
         out_dir="results/heatmaps/{encoder}/{model}",
         title="{encoder} / {model}",
         code=code_version("cli:cmd_heatmaps"),
@@ -103,4 +103,4 @@ rule heatmaps:
     conda:
         "../../envs/torch.yaml"
     shell:
-        "python -m slidemil heatmaps --folds {params.folds} --features-dir {params.features_dir} --samples {input.samples} --annotations {params.annotations} --out-dir {params.out_dir} --title '{params.title}' 2> {log}"
+        "python -m slidemil heatmaps --folds {params.folds} --features-dir '{params.features_dir}' --samples {input.samples} --annotations {params.annotations} --out-dir {params.out_dir} --title '{params.title}' 2> {log}"
