@@ -20,7 +20,7 @@ demo: setup
 
 benchmark: setup
 	mkdir -p runs/benchmark
-	$(VENV)/bin/snakemake --cores 2 --directory runs/benchmark --configfile config/benchmark.yaml
+	$(VENV)/bin/snakemake --cores 2 --directory runs/benchmark --configfile config/config.yaml config/benchmark.yaml
 
 test: setup
 	$(VENV)/bin/pytest

@@ -5,7 +5,7 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: f"{workflow.basedir}/config/config.yaml"  # defaults, also from another --directory
+configfile: "config/config.yaml"
 
 
 report: "workflow/report/workflow.rst"
