@@ -143,7 +143,7 @@ def heatmap_features(wildcards) -> list[str]:
 def heatmap_features_dir(wildcards) -> str:
     """Feature folder for the heatmaps CLI; "{fold}" is filled in per run for fold-trained encoders."""
     per_fold = ["fold{fold}"] if wildcards.encoder in FOLD_ENCODERS else []
-    return "/".join(["results", "features", wildcards.encoder, *per_fold])
+    return str(Path("results", "features", wildcards.encoder, *per_fold))
 
 
 def heatmap_fold_dirs(wildcards) -> str:
