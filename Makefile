@@ -17,10 +17,12 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(VENV)/bin/snakemake --cores 2
+	$(VENV)/bin/snakemake --report results/report.html
 
 benchmark: setup
 	mkdir -p runs/benchmark
 	$(VENV)/bin/snakemake --cores 2 --directory runs/benchmark --configfile config/config.yaml config/benchmark.yaml
+	$(VENV)/bin/snakemake --directory runs/benchmark --configfile config/config.yaml config/benchmark.yaml --report results/report.html
 
 test: setup
 	$(VENV)/bin/pytest
