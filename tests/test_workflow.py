@@ -29,6 +29,7 @@ def _tiny_config(workdir: Path, n_slides: int = 8, **overrides) -> Path:
     cfg["evaluate"].update(n_folds=2, bootstrap=50)
     cfg["mil"].update(epochs=3)
     cfg["seeds"] = [0, 1]  # the seed wildcard, at its smallest
+    cfg["embed"]["slides_per_job"] = 3  # batched embedding: 3 jobs per encoder, still 3 with a 9th slide
     cfg["encoders"][0].update(depth=2)
     for key, value in overrides.items():
         block, _, name = key.partition(".")
@@ -54,7 +55,8 @@ def planned_jobs(workdir: Path) -> dict[str, int]:
     for line in out.splitlines():
         m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
         if m and m.group(1) not in ("total", "job"):
-            jobs[m.group(1)] = int(m.group(2))
+            rule = "embed" if re.fullmatch(r"embed_b\d+", m.group(1)) else m.group(1)  # batched embedding
+            jobs[rule] = jobs.get(rule, 0) + int(m.group(2))
     return jobs
 
 
@@ -113,8 +115,11 @@ def test_adding_a_slide_runs_only_its_jobs_and_cohort_stages(finished_run):
     try:
         sheet.write_text(original + "t_new\tresults/demo/slides/t_new.tiff\ttumour\tP_new\n")
         jobs = planned_jobs(finished_run)
-        per_slide = {r: jobs.get(r) for r in ("demo_slide", "mask", "tile", "graph", "embed")}
+        per_slide = {r: jobs.get(r) for r in ("demo_slide", "mask", "tile", "graph")}
         assert per_slide == dict.fromkeys(per_slide, 1), jobs  # only the new slide
+        # embedding: the new slide's batch under the random encoder, and all 3 batches under the
+        # transductive simclr-spatial encoder, whose pretraining on the cohort reruns with a new slide
+        assert jobs.get("embed") == 1 + 3 and jobs.get("pretrain") == 1, jobs
         assert {"qc_cohort", "folds", "mil", "evaluate"} <= set(jobs)
     finally:
         sheet.write_text(original)

@@ -111,7 +111,10 @@ def cmd_embed(a: argparse.Namespace) -> None:
     spec = EncoderSpec(**_fields(EncoderSpec, _json(a.encoder)))
     if a.weights:  # the rule's declared weights input (replacing the file reruns embedding)
         spec = dataclasses.replace(spec, weights=a.weights)
-    embed_slide(a.tiles, a.out, spec, a.seed, device=a.device)
+    if len(a.tiles) != len(a.out):
+        raise ValueError(f"embed: {len(a.tiles)} --tiles but {len(a.out)} --out; give one output per tile store")
+    for tiles, out in zip(a.tiles, a.out):  # a batch of slides shares one process start-up
+        embed_slide(tiles, out, spec, a.seed, device=a.device)
 
 
 def cmd_pretrain(a: argparse.Namespace) -> None:
@@ -272,13 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
 
     p = add("embed", cmd_embed, "embed one tile store with a frozen encoder")
-    p.add_argument("--tiles", required=True)
+    p.add_argument("--tiles", nargs="+", required=True, help="tile stores, one per slide")
     p.add_argument("--encoder", required=True, help="JSON of one config `encoders` entry")
     p.add_argument("--weights", default=None, help="weights file (overrides the entry's `weights`)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", nargs="+", required=True, help="feature stores, in the order of --tiles")
 
     p = add("pretrain", cmd_pretrain, "pretrain one encoder (config `pretrain` entry) in one scope")
     p.add_argument("--params", required=True, help="JSON of one config `pretrain` entry")

@@ -11,6 +11,7 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 SRC = Path(workflow.current_basedir).parents[1] / "src"
 sys.path.insert(0, str(SRC))  # the sheet checks below are slidemil's own (src/slidemil/samples.py)
 from slidemil.codeversion import code_version as _code_version  # noqa: E402
+from slidemil.jobs import slide_batches  # noqa: E402
 from slidemil.samples import check_sheet, read_sheet  # noqa: E402
 from slidemil.mil.params import check_mil_config  # noqa: E402
 
@@ -51,6 +52,8 @@ def pretrained_encoder(name: str, scope: str = "all") -> dict:
 ENCODERS.update({n: pretrained_encoder(n) for n, scopes in PRETRAIN_SCOPES.items() if scopes == ["all"]})
 FOLD_ENCODERS = [n for n, scopes in PRETRAIN_SCOPES.items() if scopes != ["all"]]
 ALL_ENCODERS = [*ENCODERS, *FOLD_ENCODERS]  # every encoder of the benchmark
+EMBED_PER_JOB = config["embed"].get("slides_per_job", 1)
+EMBED_BATCHES = slide_batches(SLIDES, EMBED_PER_JOB)
 
 
 wildcard_constraints:

@@ -8,31 +8,66 @@ EMBED_SHELL = (
 )
 
 
-rule embed:
-    input:
-        tiles="results/tiles/{slide}.zarr",
-        weights=encoder_weights,
-    output:
-        directory("results/features/{encoder}/{slide}.zarr"),
-    params:
-        encoder=encoder_arg,
-        weights=weights_flag,
-        seed=config["seed"],
-        device=config.get("embed", {}).get("device", "auto"),
-        code=code_version("embed.py", "store.py"),
-    log:
-        "logs/embed/{encoder}/{slide}.log",
-    benchmark:
-        "results/benchmarks/embed/{encoder}/{slide}.tsv"
-    threads: config["embed"].get("threads", 2)
-    resources:
-        gpu=1,
-        mem_mb=4000,
-        runtime=30,
-    conda:
-        "../../envs/torch.yaml"
-    shell:
-        EMBED_SHELL
+if EMBED_PER_JOB == 1:
+
+    rule embed:
+        input:
+            tiles="results/tiles/{slide}.zarr",
+            weights=encoder_weights,
+        output:
+            directory("results/features/{encoder}/{slide}.zarr"),
+        params:
+            encoder=encoder_arg,
+            weights=weights_flag,
+            seed=config["seed"],
+            device=config["embed"].get("device", "auto"),
+            code=code_version("cli:cmd_embed"),
+        log:
+            "logs/embed/{encoder}/{slide}.log",
+        benchmark:
+            "results/benchmarks/embed/{encoder}/{slide}.tsv"
+        threads: config["embed"].get("threads", 2)
+        resources:
+            gpu=1,
+            mem_mb=4000,
+            runtime=30,
+        conda:
+            "../../envs/torch.yaml"
+        shell:
+            EMBED_SHELL
+
+else:
+    # config embed.slides_per_job > 1: one job (one process start-up) embeds a batch of slides; batches
+    # are hash buckets of slide ids (slidemil.jobs), so adding a slide reruns only its batch
+    for _batch, _slides in EMBED_BATCHES.items():
+
+        rule:
+            name:
+                f"embed_b{_batch}"
+            input:
+                tiles=expand("results/tiles/{slide}.zarr", slide=_slides),
+                weights=encoder_weights,
+            output:
+                [directory(f"results/features/{{encoder}}/{s}.zarr") for s in _slides],
+            params:
+                encoder=encoder_arg,
+                weights=weights_flag,
+                seed=config["seed"],
+                device=config["embed"].get("device", "auto"),
+                code=code_version("cli:cmd_embed"),
+            log:
+                f"logs/embed/{{encoder}}/batch{_batch}.log",
+            benchmark:
+                f"results/benchmarks/embed/{{encoder}}/batch{_batch}.tsv"
+            threads: config["embed"].get("threads", 2)
+            resources:
+                gpu=1,
+                mem_mb=4000,
+                runtime=30,
+            conda:
+                "../../envs/torch.yaml"
+            shell:
+                EMBED_SHELL
 
 
 # Features of an encoder trained on fold k's training slides (config `pretrain` entries that use labels).
@@ -46,8 +81,8 @@ rule embed_fold:
         encoder=fold_encoder_arg,
         weights=weights_flag,
         seed=config["seed"],
-        device=config.get("embed", {}).get("device", "auto"),
-        code=code_version("embed.py", "store.py"),
+        device=config["embed"].get("device", "auto"),
+        code=code_version("cli:cmd_embed"),
     log:
         "logs/embed/{encoder}/fold{fold}/{slide}.log",
     benchmark:
