@@ -31,7 +31,8 @@ def test_demo_dag_through_slurm_matches_local_run(tmp_path):
     local, cluster = tmp_path / "local", tmp_path / "slurm"
     for d in (local, cluster):
         d.mkdir()
-        _tiny_config(d, n_slides=N_SLIDES)
+        # one seed, no pretraining: per-slide jobs dominate, which is what the grouping check is about
+        _tiny_config(d, n_slides=N_SLIDES, seeds=[0], pretrain={})
     snakemake(local)
 
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(cluster),

@@ -31,9 +31,14 @@ def _tiny_config(workdir: Path, n_slides: int = 8, **overrides) -> Path:
     cfg["seeds"] = [0, 1]  # the seed wildcard, at its smallest
     cfg["embed"]["slides_per_job"] = 3  # batched embedding: 3 jobs per encoder, still 3 with a 9th slide
     cfg["encoders"][0].update(depth=2)
+    for entry in (cfg.get("pretrain") or {}).values():  # the pretrain stage runs, briefly
+        entry.update(epochs=1, tiles_per_epoch=128, batch_size=32)
     for key, value in overrides.items():
         block, _, name = key.partition(".")
-        cfg[block][name] = value
+        if name:
+            cfg[block][name] = value
+        else:  # a top-level key, e.g. seeds
+            cfg[block] = value
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
