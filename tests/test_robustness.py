@@ -264,14 +264,14 @@ def test_cohort_qc_table_and_plot_list_every_slide_with_status(bad_slides, tmp_p
 
 @pytest.mark.e2e
 def test_cohort_with_bad_slides_completes(tmp_path):
-    """6 good demo slides + 3 bad ones (truncated, no tissue, no mpp): the workflow finishes, the QC
+    """8 good demo slides + 3 bad ones (truncated, no tissue, no mpp): the workflow finishes, the QC
     table names each failure, MIL skips them with a warning. (Each bad kind's CLI path is tested above.)"""
     from test_workflow import _tiny_config, snakemake
 
     import yaml
 
     nompp = shared_slide("tcga-cr-7395-01a-01-ts1.svs")
-    _tiny_config(tmp_path, n_slides=6)
+    _tiny_config(tmp_path, n_slides=8)
     cfg = yaml.safe_load((tmp_path / "config.yaml").read_text())
     cfg["demo"]["enabled"] = False  # the good slides are made here: no demo jobs
     cfg["mil"]["models"] = ["mean"]
@@ -279,7 +279,7 @@ def test_cohort_with_bad_slides_completes(tmp_path):
     slides = tmp_path / "slides"
     slides.mkdir()
     rows = ["slide_id\tpath\tlabel\tpatient_id"]
-    for i in range(6):
+    for i in range(8):
         make_demo_slide(f"t{i}", i % 2, i, slides / f"t{i}.tiff", slides / f"t{i}.geojson", SMALL)
         rows.append(f"t{i}\tslides/t{i}.tiff\t{'tumour' if i % 2 else 'normal'}\tP{i}")
     good = (slides / "t0.tiff").read_bytes()
@@ -296,8 +296,8 @@ def test_cohort_with_bad_slides_completes(tmp_path):
     took = time.monotonic() - start
     assert (tmp_path / "results/benchmark.csv").stat().st_size > 0
     qc = pd.read_csv(tmp_path / "results/qc/cohort.tsv", sep="\t", keep_default_na=False).set_index("slide_id")
-    assert len(qc) == 9
-    assert (qc.loc[[f"t{i}" for i in range(6)], "status"] == "ok").all()
+    assert len(qc) == 11
+    assert (qc.loc[[f"t{i}" for i in range(8)], "status"] == "ok").all()
     assert dict(qc.loc[["trunc", "blank", "nompp"], "status"]) == {"trunc": "failed", "blank": "empty",
                                                                     "nompp": "failed"}
     assert "microns-per-pixel" in qc.loc["nompp", "reason"] and qc.loc["blank", "reason"] == "no tissue found"
@@ -306,7 +306,7 @@ def test_cohort_with_bad_slides_completes(tmp_path):
     qc_log = (tmp_path / "logs/qc_cohort/cohort.log").read_text()
     assert all(f"WARNING {s}: " in qc_log for s in ("trunc", "blank", "nompp"))
     # folds come from the sheet alone (fixing a slide moves no other); MIL leaves the bad ones out
-    assert set(pd.read_csv(tmp_path / "results/folds.csv")["slide_id"]) == {*(f"t{i}" for i in range(6)),
+    assert set(pd.read_csv(tmp_path / "results/folds.csv")["slide_id"]) == {*(f"t{i}" for i in range(8)),
                                                                           "trunc", "blank", "nompp"}
     mil_logs = "".join(p.read_text() for p in (tmp_path / "logs/mil").rglob("*.log"))
     assert all(f"slide {s} skipped" in mil_logs for s in ("trunc", "blank", "nompp"))
@@ -317,7 +317,7 @@ def test_cohort_with_bad_slides_completes(tmp_path):
     # the HDF5 export is optional: not built by default; export_h5_all asks for one file per slide
     assert not (tmp_path / "results/export").exists()
     dry = snakemake(tmp_path, "-n", "export_h5_all").stdout
-    assert re.search(r"export_h5\s+9\b", dry), dry[-2000:]
+    assert re.search(r"export_h5\s+11\b", dry), dry[-2000:]
     snakemake(tmp_path, "results/export/t1.h5", "results/export/nompp.h5")
     import h5py
 

@@ -56,8 +56,9 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
 def planned_jobs(workdir: Path) -> dict[str, int]:
     """Jobs per rule that a dry run would execute (from the job-stats table)."""
     out = snakemake(workdir, "-n", "--quiet", "rules").stdout
-    jobs = {}
-    for line in out.splitlines():
+    jobs: dict[str, int] = {}
+    first_table = out.split("Job stats:")[1] if "Job stats:" in out else ""  # dry runs print it twice
+    for line in first_table.splitlines():
         m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
         if m and m.group(1) not in ("total", "job"):
             rule = "embed" if re.fullmatch(r"embed_b\d+", m.group(1)) else m.group(1)  # batched embedding
@@ -74,16 +75,23 @@ def test_end_to_end_benchmark(finished_run):
     results = finished_run / "results"
     models = set(yaml.safe_load((finished_run / "config.yaml").read_text())["mil"]["models"])
     bench = pd.read_csv(results / "benchmark.csv")
-    assert len(bench) == len(models) and set(bench["model"]) == models  # one row per encoder x model
+    encoders = {"resnet18_rand", "simclr-spatial"}  # the random floor and the demo's pretrained encoder
+    assert len(bench) == len(encoders) * len(models) and set(bench["model"]) == models  # encoder x model
+    assert set(bench["encoder"]) == encoders
     assert (bench[["n_folds", "n_seeds"]] == [2, 2]).all().all()
     assert (bench["pooled_auc_ci_lo"] <= bench["pooled_auc"]).all() and (bench["pooled_auc"] <= bench["pooled_auc_ci_hi"]).all()
     runs = pd.read_csv(results / "benchmark_runs.csv")
-    assert len(runs) == len(models) * 2 * 2 and set(runs["seed"]) == {0, 1}  # models x folds x seeds
+    assert len(runs) == len(encoders) * len(models) * 2 * 2 and set(runs["seed"]) == {0, 1}  # x folds x seeds
     # the two seeds are different runs, not copies of one
     by_seed = runs.sort_values(["model", "fold"]).groupby("seed")["auc"].apply(list)
     assert by_seed[0] != by_seed[1]
     comparisons = pd.read_csv(results / "comparisons.csv")
-    assert set(comparisons["a_model"]) == models - {"abmil"} and (comparisons["b_model"] == "abmil").all()
+    by_model = comparisons[comparisons["source"] == "model"]
+    assert set(by_model["a_model"]) == models - {"abmil"} and (by_model["b_model"] == "abmil").all()
+    assert len(by_model) == len(encoders) * (len(models) - 1)  # every model vs ABMIL, per encoder
+    by_encoder = comparisons[comparisons["source"] == "encoder"]
+    assert set(zip(by_encoder["a_encoder"], by_encoder["b_encoder"])) == {("simclr-spatial", "resnet18_rand")}
+    assert len(by_encoder) == len(models)  # the pretrained encoder vs the baseline, per model
     assert (comparisons["n_slides"] == 8).all()
     claims = pd.read_csv(results / "claims.csv")
     assert set(claims["verdict"]) <= {"holds", "does not hold", "inconclusive", "not run"}
@@ -144,7 +152,7 @@ def test_every_rule_has_a_conda_env_that_agrees_with_pyproject():
         pins[name] = dep.replace(" ", "")
     for smk in (ROOT / "workflow" / "rules").glob("*.smk"):
         text = smk.read_text()
-        rules = re.findall(r"^rule (\w+):", text, re.M)
+        rules = re.findall(r"^\s*rule( \w+)?:", text, re.M)  # named, or named in a loop (embed batches)
         envs = re.findall(r'conda:\s*\n\s*"([^"]+)"', text)
         assert len(envs) == len(rules), f"{smk.name}: every rule needs a conda: env"
         for env in envs:

@@ -332,7 +332,8 @@ def train_mil(bags: Mapping[str, np.ndarray | SlideBag], labels: dict[str, int],
     train_ids = [s for s in ids if roles[s] == "train"]
     val_ids = [s for s in ids if roles[s] == "val"]
     if not train_ids:
-        raise ValueError("no non-empty training bags")
+        raise ValueError("no usable training slide: every training slide of this fold failed preprocessing or has no "
+                         "tissue (see results/qc/cohort.tsv); fix or drop those slides, or use fewer folds")
     if not val_ids:
         log.warning("no validation slides: the last epoch is kept (no model selection)")
     dims = {_shape(bags, s)[1] for s in ids}
