@@ -20,4 +20,4 @@ rule demo_slide:
     conda:
         "../../envs/slide-io.yaml"
     shell:
-        "python -m slidemil demo-slide --slide-id {wildcards.slide} --positive {params.positive} --seed {params.seed} --params {params.cfg} --out {output.slide} --annotation {output.annotation} 2> {log}"
+        "python -m slidemil demo-slide --slide-id {wildcards.slide} --positive {params.positive} --seed {params.seed} --params {params.cfg} --out {output.slide:q} --annotation {output.annotation:q} 2> {log:q}"

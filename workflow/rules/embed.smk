@@ -3,8 +3,8 @@
 # declared input: replacing it reruns embedding.
 
 EMBED_SHELL = (
-    "python -m slidemil embed --tiles {input.tiles} --encoder {params.encoder} {params.weights} "
-    "--seed {params.seed} --device {params.device} --threads {threads} --out {output} 2> {log}"
+    "python -m slidemil embed --tiles {input.tiles:q} --encoder {params.encoder} {params.weights} "
+    "--seed {params.seed} --device {params.device} --threads {threads} --out {output:q} 2> {log:q}"
 )
 
 

@@ -50,7 +50,7 @@ rule evaluate:
     conda:
         "../../envs/torch.yaml"
     shell:
-        "python -m slidemil evaluate --predictions {input} --classes {params.classes} --params {params.cfg} --encoders {params.encoders} --models {params.models} --pretrain {params.pretrain} --bootstrap {params.bootstrap} --seed {params.seed} --out {output.table} --runs-out {output.runs} --plot {output.plot} --comparisons {output.comparisons} --claims {output.claims} 2> {log}"
+        "python -m slidemil evaluate --predictions {input:q} --classes {params.classes} --params {params.cfg} --encoders {params.encoders} --models {params.models} --pretrain {params.pretrain} --bootstrap {params.bootstrap} --seed {params.seed} --out {output.table:q} --runs-out {output.runs:q} --plot {output.plot:q} --comparisons {output.comparisons:q} --claims {output.claims:q} 2> {log:q}"
 
 
 
@@ -103,4 +103,4 @@ rule heatmaps:
     conda:
         "../../envs/torch.yaml"
     shell:
-        "python -m slidemil heatmaps --folds {params.folds} --features-dir '{params.features_dir}' --samples {input.samples} --annotations {params.annotations} --out-dir {params.out_dir} --title '{params.title}' 2> {log}"
+        "python -m slidemil heatmaps --folds {params.folds} --features-dir '{params.features_dir}' --samples {input.samples:q} --annotations {params.annotations} --out-dir {params.out_dir} --title '{params.title}' 2> {log:q}"

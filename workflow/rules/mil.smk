@@ -16,7 +16,7 @@ rule folds:
     conda:
         "../../envs/slide-io.yaml"
     shell:
-        "python -m slidemil folds --samples {input.samples} --params {params.cfg} --seed {params.seed} --out {output} 2> {log}"
+        "python -m slidemil folds --samples {input.samples:q} --params {params.cfg} --seed {params.seed} --out {output:q} 2> {log:q}"
 
 
 rule mil:
@@ -48,4 +48,4 @@ rule mil:
     conda:
         "../../envs/torch.yaml"
     shell:
-        "python -m slidemil mil --features-dir {params.features_dir} --folds {input.folds} --samples {input.samples} --fold {wildcards.fold} --model {wildcards.model} --params {params.cfg:q} --classes {params.classes} --seed {wildcards.seed} --threads {threads} --graphs-dir $(dirname {input.graphs[0]}) --out-dir {params.out_dir} 2> {log}"
+        "python -m slidemil mil --features-dir {params.features_dir} --folds {input.folds:q} --samples {input.samples:q} --fold {wildcards.fold} --model {wildcards.model} --params {params.cfg:q} --classes {params.classes} --seed {wildcards.seed} --threads {threads} --graphs-dir results/graphs --out-dir {params.out_dir} 2> {log:q}"

@@ -23,7 +23,7 @@ rule mask:
     conda:
         "../../envs/slide-io.yaml"
     shell:
-        "python -m slidemil mask --slide {input.slide} --slide-id {wildcards.slide} {params.mpp} --params {params.cfg} --on-slide-error {params.on_error} --out {output.mask} --qc {output.qc} 2> {log}"
+        "python -m slidemil mask --slide {input.slide:q} --slide-id {wildcards.slide} {params.mpp} --params {params.cfg} --on-slide-error {params.on_error} --out {output.mask:q} --qc {output.qc:q} 2> {log:q}"
 
 
 rule tile:
@@ -51,7 +51,7 @@ rule tile:
     conda:
         "../../envs/slide-io.yaml"
     shell:
-        "python -m slidemil tile --slide {input.slide} --slide-id {wildcards.slide} {params.mpp} --params {params.cfg} --on-slide-error {params.on_error} --mask {input.mask} --mask-qc {input.mask_qc} --threads {threads} --out {output.tiles} --qc {output.qc} 2> {log}"
+        "python -m slidemil tile --slide {input.slide:q} --slide-id {wildcards.slide} {params.mpp} --params {params.cfg} --on-slide-error {params.on_error} --mask {input.mask:q} --mask-qc {input.mask_qc:q} --threads {threads} --out {output.tiles:q} --qc {output.qc:q} 2> {log:q}"
 
 
 rule graph:
@@ -69,7 +69,7 @@ rule graph:
     conda:
         "../../envs/slide-io.yaml"
     shell:
-        "python -m slidemil graph --tiles {input.tiles} --radius {params.radius} --out {output} 2> {log}"
+        "python -m slidemil graph --tiles {input.tiles:q} --radius {params.radius} --out {output:q} 2> {log:q}"
 
 
 rule qc_cohort:
@@ -96,7 +96,7 @@ rule qc_cohort:
     conda:
         "../../envs/slide-io.yaml"
     shell:
-        "python -m slidemil qc --tiles {input.tiles} --masks {input.masks} --out {output.table} --plot {output.plot} 2> {log}"
+        "python -m slidemil qc --tiles {input.tiles:q} --masks {input.masks:q} --out {output.table:q} --plot {output.plot:q} 2> {log:q}"
 
 
 # Optional, not in `rule all`: CLAM/TRIDENT-style HDF5 per slide (`snakemake --cores 2 export_h5_all`).
@@ -113,7 +113,7 @@ rule export_h5:
     conda:
         "../../envs/slide-io.yaml"
     shell:
-        "python -m slidemil export-h5 --tiles {input.tiles} {params.features} --out {output} 2> {log}"
+        "python -m slidemil export-h5 --tiles {input.tiles:q} {params.features} --out {output:q} 2> {log:q}"
 
 
 rule export_h5_all:

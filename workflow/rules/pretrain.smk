@@ -32,6 +32,6 @@ rule pretrain:
     conda:
         "../../envs/torch.yaml"
     shell:
-        "{params.launcher} pretrain --params {params.cfg} --scope {wildcards.scope} --tiles {input.tiles} "
-        "--graphs {input.graphs} {params.folds} --samples {input.samples} --classes {params.classes} "
-        "--seed {params.seed} --device {params.device} --threads {threads} --out {output} 2> {log}"
+        "{params.launcher} pretrain --params {params.cfg} --scope {wildcards.scope} --tiles {input.tiles:q} "
+        "--graphs {input.graphs:q} {params.folds} --samples {input.samples:q} --classes {params.classes} "
+        "--seed {params.seed} --device {params.device} --threads {threads} --out {output:q} 2> {log:q}"
