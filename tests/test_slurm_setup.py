@@ -73,6 +73,17 @@ def test_profile_is_valid(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def require_slurm() -> None:
+    """Skip without a running SLURM, except under CI (SLIDEMIL_SLURM=1), where that is a failure."""
+    why = _slurm_up()
+    if why is None:
+        return
+    message = f"no running SLURM ({why}); start one with .ci/slurm/start.sh"
+    if os.environ.get("SLIDEMIL_SLURM") == "1":
+        pytest.fail(message + " (SLIDEMIL_SLURM=1: the SLURM tests must run)")
+    pytest.skip(message)
+
+
 def _slurm_up() -> str | None:
     """None when sbatch works and sacct answers (slurmdbd), else why not."""
     for tool in ("sbatch", "scontrol", "sacct"):
@@ -93,9 +104,7 @@ def _slurm_up() -> str | None:
 @pytest.mark.slurm
 @pytest.mark.timeout(600)
 def test_profile_through_real_slurm(tmp_path: Path) -> None:
-    why = _slurm_up()
-    if why:
-        pytest.skip(f"no running SLURM ({why}); start one with .ci/slurm/start.sh")
+    require_slurm()
     (tmp_path / "Snakefile").write_text(SNAKEFILE)
     r = _snakemake(tmp_path, "--slurm-init-seconds-before-status-checks", "1")
     out = r.stdout + r.stderr

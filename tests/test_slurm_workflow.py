@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from slidemil.store import open_tiles
-from test_slurm_setup import _env, _slurm_up
+from test_slurm_setup import _env, require_slurm
 from test_workflow import ROOT, _tiny_config, snakemake
 
 N_SLIDES = 6
@@ -25,9 +25,7 @@ N_SLIDES = 6
 @pytest.mark.slurm
 @pytest.mark.timeout(1200)
 def test_demo_dag_through_slurm_matches_local_run(tmp_path):
-    why = _slurm_up()
-    if why:
-        pytest.skip(f"no running SLURM ({why}); start one with .ci/slurm/start.sh")
+    require_slurm()
     local, cluster = tmp_path / "local", tmp_path / "slurm"
     for d in (local, cluster):
         d.mkdir()
