@@ -125,4 +125,7 @@ def test_profile_through_real_slurm(tmp_path: Path) -> None:
     jobid, visible, device = (tmp_path / "gpu.txt").read_text().split()
     assert jobid == jobs["gpu"]
     assert visible != "None"  # SLURM allocated a GPU ...
-    assert device in ("cpu", "cuda")  # ... and the job ran whether or not CUDA is there
+    import torch
+
+    # ... and the job fell back to what this machine has: the CI node's GPU is a stub without CUDA
+    assert device == ("cuda" if torch.cuda.is_available() else "cpu")
