@@ -126,7 +126,7 @@ def export_inputs(wildcards) -> dict[str, str]:
 
 
 def export_features_arg(wildcards, input) -> str:
-    return f"--features {shlex.quote(input.features)}" if "features" in input.keys() else ""
+    return f"--features {shlex.quote(str(input.features))}" if "features" in input.keys() else ""
 
 
 def heatmap_predictions(wildcards) -> list[str]:
@@ -181,7 +181,7 @@ def encoder_weights(wildcards) -> list[str]:
 
 
 def weights_flag(wildcards, input) -> str:
-    return f"--weights {shlex.quote(input.weights)}" if input.weights else ""
+    return f"--weights {shlex.quote(str(input.weights[0]))}" if input.weights else ""  # [] or [file]
 
 
 def fold_encoder_arg(wildcards) -> str:
@@ -216,7 +216,7 @@ def pretrain_launcher(wildcards) -> str:
 
 
 def pretrain_folds_flag(wildcards, input) -> str:
-    return f"--folds {shlex.quote(input.folds)}" if "folds" in input.keys() else ""
+    return f"--folds {shlex.quote(str(input.folds))}" if "folds" in input.keys() else ""
 
 
 def pretrained_encoders() -> list[str]:
