@@ -65,3 +65,21 @@ def test_real_stages_cover_the_modules_their_code_reads():
     pkg = ROOT / "src" / "slidemil"
     assert {"metrics.py", "store.py", "mil/train.py"} <= set(import_closure(pkg, ["cli:cmd_mil"]))
     assert {"tissue.py", "files.py", "tiling.py"} <= set(import_closure(pkg, ["cli:cmd_tile"]))
+
+
+@pytest.mark.parametrize("stage", ["cli:cmd_mil", "cli:cmd_tile", "cli:cmd_heatmaps", "cli:cmd_embed"])
+def test_editing_any_module_a_real_stage_imports_changes_its_version(tmp_path, stage):
+    import shutil
+
+    pkg = tmp_path / "slidemil"
+    shutil.copytree(ROOT / "src" / "slidemil", pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    before = code_version(pkg, stage)
+    modules = [m for m in import_closure(pkg, [stage]) if not m.startswith("cli:")]
+    assert len(modules) >= 5
+    for module in modules:
+        path = pkg / module
+        text = path.read_text()
+        path.write_text(text + "\n_EDITED = True\n")
+        assert code_version(pkg, stage) != before, module
+        path.write_text(text)
+    assert code_version(pkg, stage) == before

@@ -138,6 +138,27 @@ def test_adding_a_slide_runs_only_its_jobs_and_cohort_stages(finished_run):
         sheet.write_text(original)
 
 
+@pytest.mark.e2e
+def test_editing_a_module_a_stage_imports_replans_that_stage(finished_run, tmp_path):
+    """metrics.py is imported by mil, evaluate and heatmaps (not by tile): editing it reruns those."""
+    copy = tmp_path / "repo"
+    for part in ("Snakefile", "workflow", "src", "config"):
+        src = ROOT / part
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, copy / part)
+    cmd = [*SNAKEMAKE, "--snakefile", str(copy / "Snakefile"), "--directory", str(finished_run), "--configfile",
+           str(finished_run / "config.yaml"), "--cores", "2", "-n", "--quiet", "rules"]
+
+    def planned() -> set[str]:
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=finished_run, check=True).stdout
+        first_table = out.split("Job stats:")[1] if "Job stats:" in out else ""
+        return {m.group(1) for m in re.finditer(r"^(\w+)\s+\d+$", first_table, re.M)} - {"total", "job"}
+
+    assert planned() == set()  # the copy's code is the code the run was made with
+    metrics = copy / "src" / "slidemil" / "metrics.py"
+    metrics.write_text(metrics.read_text() + "\n_EDITED = True\n")
+    assert {"mil", "evaluate", "heatmaps"} <= planned() <= {"mil", "evaluate", "heatmaps", "all"}
+
+
 def test_lint_is_clean():
     proc = subprocess.run([*SNAKEMAKE, "--lint", "--snakefile", str(ROOT / "Snakefile")], cwd=ROOT,
                           capture_output=True, text=True)
