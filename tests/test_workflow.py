@@ -142,6 +142,7 @@ def test_adding_a_slide_runs_only_its_jobs_and_cohort_stages(finished_run):
 def test_editing_a_module_a_stage_imports_replans_that_stage(finished_run, tmp_path):
     """metrics.py is imported by mil, evaluate and heatmaps (not by tile): editing it reruns those."""
     copy = tmp_path / "repo"
+    copy.mkdir()
     for part in ("Snakefile", "workflow", "src", "config"):
         src = ROOT / part
         (shutil.copytree if src.is_dir() else shutil.copy)(src, copy / part)
