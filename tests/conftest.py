@@ -58,3 +58,14 @@ def finished_run(tmp_path_factory):
     _tiny_config(workdir)
     snakemake(workdir)
     return workdir
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny matmuls: one thread is faster and immune to other processes' load."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

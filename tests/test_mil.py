@@ -20,13 +20,7 @@ from slidemil.store import write_features
 FAST = {"epochs": 8, "lr": 1e-2, "hidden": 16, "dropout": 0.0}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls: one thread is faster and immune to other processes' load."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_bags(seed: int, n_train: int = 40, n_val: int = 12, n_test: int = 24, d: int = 16,

@@ -32,12 +32,7 @@ MODELS = sorted(SMALL)
 ATTENTION = {"abmil", "clam_sb", "clam_mb", "srmil"}  # instance scores are a distribution over tiles
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def grid_bag(n: int, d: int = D, seed: int = 0, width: int = 9) -> Bag:
