@@ -169,8 +169,7 @@ def cmd_export_h5(a: argparse.Namespace) -> None:
 
 
 def cmd_folds(a: argparse.Namespace) -> None:
-    import os
-
+    from slidemil.files import atomic_path
     from slidemil.folds import fold_table
     from slidemil.samples import SampleSheetError, read_sheet
 
@@ -185,11 +184,8 @@ def cmd_folds(a: argparse.Namespace) -> None:
     # The whole sheet, before QC: a slide failing or being fixed never moves another slide
     # (MIL skips failed and empty feature stores).
     table = fold_table(samples, p.get("n_folds", 5), a.seed, p.get("val_fraction", 0.2))
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")  # an interrupted job leaves no half-written table
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, out)
+    with atomic_path(a.out) as tmp:  # an interrupted job leaves no half-written table
+        table.to_csv(tmp, index=False)
     logging.info("%s", table.groupby(["fold", "role"]).size().unstack(fill_value=0).to_string())
 
 

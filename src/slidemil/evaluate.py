@@ -32,7 +32,6 @@ Multiclass tasks (C > 2) use one-vs-rest macro AUC throughout.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from slidemil.files import atomic_path
 from slidemil.metrics import binary_metrics, label_metrics, predict
 from slidemil.stats import auc_ci, delong_test, paired_auc_bootstrap, seed_mean_auc, youden_threshold
 
@@ -316,17 +316,10 @@ def _roc_points(y: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return fpr, tpr
 
 
-def _atomic_path(final: Path) -> Path:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    return final.with_name(f".{final.name}.tmp-{os.getpid()}")
-
-
 def write_csv(table: pd.DataFrame, path: str | Path) -> None:
     """Write a table via a temp name, so a killed job never leaves a half-written CSV."""
-    path = Path(path)
-    tmp = _atomic_path(path)
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
 
 
 def plot_roc(ev: Evaluation, plot_png: str | Path) -> None:
@@ -358,11 +351,9 @@ def plot_roc(ev: Evaluation, plot_png: str | Path) -> None:
     ax.set_title(title, fontsize="medium")
     ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
-    plot_png = Path(plot_png)
-    tmp = _atomic_path(plot_png)
-    fig.savefig(tmp, format="png", dpi=120)
+    with atomic_path(plot_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
-    os.replace(tmp, plot_png)
 
 
 def write_evaluation(runs: Iterable[Run | dict[str, Any]], classes: Sequence[str], out: dict[str, str | Path],

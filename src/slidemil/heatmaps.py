@@ -11,12 +11,10 @@ curves of the same runs are drawn too.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -25,21 +23,10 @@ import pandas as pd
 
 from slidemil.froc import (FP_RATES, FrocParams, SlideHits, detection_confidence, froc_curve, froc_summary,
                            lesion_mask, local_maxima, match_detections)
+from slidemil.files import atomic_path
 from slidemil.metrics import auc_binary
 
 log = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """A temporary sibling to write to, renamed onto `path` only when the block completes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
-    try:
-        yield tmp
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load_polygons(path: str | Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -108,7 +95,7 @@ def draw_heatmap(thumb: np.ndarray, downsample: float, coords: np.ndarray, tile_
     ax.set_title(title, fontsize=9)
     ax.axis("off")
     fig.tight_layout()
-    with _atomic(Path(out_png)) as tmp:
+    with atomic_path(Path(out_png)) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
 
@@ -141,7 +128,7 @@ def tile_geojson(coords: np.ndarray, tile_size0: float, measurements: dict[str, 
 
 def write_json(obj: dict, path: str | Path) -> None:
     """Compact JSON, written atomically."""
-    with _atomic(Path(path)) as tmp:
+    with atomic_path(Path(path)) as tmp:
         tmp.write_text(json.dumps(obj, separators=(",", ":")))
 
 
@@ -198,7 +185,7 @@ def plot_training_curves(run_dirs: Sequence[Path], title: str, out_png: str | Pa
         ax_loss.text(0.5, 0.5, "no training history", ha="center", transform=ax_loss.transAxes)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    with _atomic(Path(out_png)) as tmp:
+    with atomic_path(Path(out_png)) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
 
@@ -286,7 +273,7 @@ def heatmaps_for_model(run_dirs: Sequence[str | Path], features_dir: str | Path,
                              load_polygons(ann)[0] if ann else [])
     table = pd.DataFrame(rows, columns=["slide_id", "fold", "seed", "label", "prob", "n_tiles",
                                         "n_tumour_tiles", "instance_auc"])
-    with _atomic(out_dir / "instance_metrics.csv") as tmp:
+    with atomic_path(out_dir / "instance_metrics.csv") as tmp:
         table.to_csv(tmp, index=False)
     write_froc(hits, left_out, froc, out_dir)
     plot_training_curves(run_dirs, title or " / ".join(out_dir.parts[-2:]), out_dir / "training_curves.png")
@@ -301,9 +288,9 @@ def write_froc(hits: Sequence[SlideHits], left_out: Sequence[str], params: FrocP
     if left_out:
         log.info("FROC leaves out %d test slides (positive without annotation, or not a binary task): %s",
                  len(left_out), ", ".join(left_out[:10]) + (" ..." if len(left_out) > 10 else ""))
-    with _atomic(out_dir / "froc.csv") as tmp:
+    with atomic_path(out_dir / "froc.csv") as tmp:
         pd.DataFrame([row]).to_csv(tmp, index=False)
     curve = froc_curve(hits) if hits else pd.DataFrame(columns=["threshold", "fps_per_slide", "sensitivity"])
-    with _atomic(out_dir / "froc_curve.csv") as tmp:
+    with atomic_path(out_dir / "froc_curve.csv") as tmp:
         curve.to_csv(tmp, index=False)
     return row

@@ -102,10 +102,6 @@ def encoder_arg(wildcards) -> str:
     return as_arg(ENCODERS[wildcards.encoder])
 
 
-def slide_features(wildcards) -> list[str]:
-    return expand("results/features/{encoder}/{slide}.zarr", encoder=wildcards.encoder, slide=SLIDES)
-
-
 SEEDS = config.get("seeds", [config["seed"]])
 
 
@@ -137,16 +133,13 @@ def heatmap_predictions(wildcards) -> list[str]:
 
 def heatmap_features(wildcards) -> list[str]:
     """Every feature store the heatmaps of (encoder, model) read: per fold for fold-trained encoders."""
-    if wildcards.encoder in FOLD_ENCODERS:
-        return expand("results/features/{encoder}/fold{fold}/{slide}.zarr", encoder=wildcards.encoder,
-                      fold=range(N_FOLDS), slide=SLIDES)
-    return slide_features(wildcards)
+    dirs = sorted({encoder_features_dir(wildcards.encoder, k) for k in range(N_FOLDS)})
+    return expand("{d}/{slide}.zarr", d=dirs, slide=SLIDES)
 
 
 def heatmap_features_dir(wildcards) -> str:
     """Feature folder for the heatmaps CLI; "{fold}" is filled in per run for fold-trained encoders."""
-    per_fold = ["fold{fold}"] if wildcards.encoder in FOLD_ENCODERS else []
-    return str(Path("results", "features", wildcards.encoder, *per_fold))
+    return encoder_features_dir(wildcards.encoder, "{fold}")
 
 
 def heatmap_fold_dirs(wildcards) -> str:
@@ -219,23 +212,17 @@ def pretrain_folds_flag(wildcards, input) -> str:
     return f"--folds {shlex.quote(str(input.folds))}" if "folds" in input.keys() else ""
 
 
-def pretrained_encoders() -> list[str]:
-    """Every results/encoders/{encoder}/{scope}/encoder.pt the config asks for."""
-    return [f"results/encoders/{n}/{s}/encoder.pt" for n, scopes in PRETRAIN_SCOPES.items() for s in scopes]
-
-
-def encoder_scope(encoder: str, fold) -> str:
-    """The scope whose features a MIL job of (encoder, fold) reads: fold{k} for fold-trained encoders, else all."""
-    return f"fold{fold}" if encoder in FOLD_ENCODERS else "all"
+def encoder_features_dir(encoder: str, fold) -> str:
+    """results/features/{encoder}, or .../fold{k} for an encoder trained on fold k's training slides."""
+    per_fold = [f"fold{fold}"] if encoder in FOLD_ENCODERS else []
+    return str(Path("results", "features", encoder, *per_fold))
 
 
 def features_dir(wildcards) -> str:
-    """Feature folder of a MIL job (encoder, fold): results/features/{encoder}[/fold{k}]."""
-    scope = encoder_scope(wildcards.encoder, wildcards.fold)
-    parts = ["results", "features", wildcards.encoder] + ([] if scope == "all" else [scope])
-    return "/".join(parts)
+    """Feature folder of a MIL job (encoder, fold)."""
+    return encoder_features_dir(wildcards.encoder, wildcards.fold)
 
 
 def mil_features(wildcards) -> list[str]:
-    """Feature stores of a MIL job (encoder, fold), in its encoder's scope (slide_features for scope all)."""
+    """Feature stores of a MIL job (encoder, fold), in its encoder's scope."""
     return expand("{d}/{slide}.zarr", d=features_dir(wildcards), slide=SLIDES)

@@ -12,7 +12,7 @@ rule demo_slide:
         positive=demo_positive,
         seed=config["seed"],
         cfg=as_arg(config["demo"]),
-        code=code_version("demo.py"),
+        code=code_version("cli:cmd_demo_slide"),
     log:
         "logs/demo_slide/{slide}.log",
     benchmark:

@@ -12,7 +12,7 @@ rule mask:
         cfg=as_arg(config["mask"]),
         mpp=mpp_arg,
         on_error=config["on_slide_error"],
-        code=code_version("tissue.py", "slide.py", "failures.py"),
+        code=code_version("cli:cmd_mask"),
     log:
         "logs/mask/{slide}.log",
     benchmark:
@@ -39,7 +39,7 @@ rule tile:
         cfg=as_arg(config["tile"]),
         mpp=mpp_arg,
         on_error=config["on_slide_error"],
-        code=code_version("tiling.py", "slide.py", "store.py", "failures.py"),
+        code=code_version("cli:cmd_tile"),
     log:
         "logs/tile/{slide}.log",
     benchmark:
@@ -61,7 +61,7 @@ rule graph:
         "results/graphs/{slide}.npz",
     params:
         radius=config["graph"]["radius"],
-        code=code_version("graph.py"),
+        code=code_version("cli:cmd_graph"),
     log:
         "logs/graph/{slide}.log",
     benchmark:
@@ -90,7 +90,7 @@ rule qc_cohort:
             labels={"result": "QC overview"},
         ),
     params:
-        code=code_version("qc.py", "failures.py"),
+        code=code_version("cli:cmd_qc"),
     log:
         "logs/qc_cohort/cohort.log",
     conda:
@@ -107,7 +107,7 @@ rule export_h5:
         "results/export/{slide}.h5",
     params:
         features=export_features_arg,
-        code=code_version("export.py"),
+        code=code_version("cli:cmd_export_h5"),
     log:
         "logs/export_h5/{slide}.log",
     conda:

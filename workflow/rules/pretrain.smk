@@ -16,7 +16,7 @@ rule pretrain:
         seed=config["seed"],
         device=config.get("embed", {}).get("device", "auto"),
         launcher=pretrain_launcher,
-        code=code_version("pretrain.py"),
+        code=code_version("cli:cmd_pretrain"),
     log:
         "logs/pretrain/{encoder}/{scope}.log",
     benchmark:
