@@ -40,7 +40,7 @@ def make_cohort(workdir: Path, n: int) -> None:
 
 def plan_seconds(workdir: Path) -> float:
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(workdir / "config.yaml"), "--cores", "2", "-n", "--quiet", "rules"]
+           "--configfile", str(ROOT / "config" / "config.yaml"), str(workdir / "config.yaml"), "--cores", "2", "-n", "--quiet", "rules"]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     took = time.perf_counter() - start
