@@ -82,7 +82,7 @@ def test_interrupted_write_leaves_no_store_and_rerun_completes(small_slide, tmp_
     monkeypatch.setattr(tiling, "read_tiles", dying)
     with pytest.raises(KeyboardInterrupt):
         tile_slide(slide, mask, tmp_path / "t.zarr", TileParams(), "s", progress=False)
-    assert not (tmp_path / "t.zarr").exists() and not list(tmp_path.glob("t.zarr.tmp-*"))
+    assert not (tmp_path / "t.zarr").exists() and not list(tmp_path.glob(".t.zarr.tmp-*"))
     monkeypatch.setattr(tiling, "read_tiles", real)
     tile_slide(slide, mask, tmp_path / "t.zarr", TileParams(), "s", progress=False)
     tile_slide(slide, mask, tmp_path / "u.zarr", TileParams(), "s", progress=False)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from slidemil.demo import write_pyramidal_tiff
+from slidemil.files import temp_sibling
 from slidemil.tiling import TileParams, tile_slide
 from slidemil.tissue import TissueParams, mask_slide
 
@@ -54,7 +55,7 @@ def test_killed_tile_job_leaves_no_store_and_rerun_is_identical(kill_slide, tmp_
     out = tmp_path / "run" / "k.zarr"
     proc = subprocess.Popen(_cli(slide, mask, mask_qc, out, threads=2), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
-    tmp = out.with_name(f"{out.name}.tmp-{proc.pid}")
+    tmp = temp_sibling(out, proc.pid)
     deadline = time.monotonic() + 60
     try:
         # kill once a few shards are on disk: mid-write, not before it started
@@ -72,7 +73,7 @@ def test_killed_tile_job_leaves_no_store_and_rerun_is_identical(kill_slide, tmp_
 
     done = subprocess.run(_cli(slide, mask, mask_qc, out, threads=2), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert out.is_dir() and not list(out.parent.glob("k.zarr.tmp-*")), "the rerun clears the dead job's temp dir"
+    assert out.is_dir() and not list(out.parent.glob(".k.zarr.tmp-*")), "the rerun clears the dead job's temp dir"
     got, want = _files(out), _files(ref)
     assert got.keys() == want.keys()
     assert [k for k in want if got[k] != want[k]] == []  # every shard, index and zarr.json (attrs) byte for byte

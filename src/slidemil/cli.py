@@ -57,6 +57,7 @@ def cmd_tile(a: argparse.Namespace) -> None:
 
     from slidemil.failures import (failure_picture, failure_reason, report_failure, slide_read_errors,
                                    write_failed_store)
+    from slidemil.files import save_png
     from slidemil.tiling import TileParams, load_mask, tile_boxes_in_mask, tile_slide
     from slidemil.tissue import overlay
 
@@ -79,8 +80,7 @@ def cmd_tile(a: argparse.Namespace) -> None:
             report_failure(a.slide_id, reason, a.on_slide_error)
     if reason is not None:
         write_failed_store(a.out, a.slide_id, reason, params.tile_size, trace)
-        Path(a.qc).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(failure_picture(a.slide_id, reason)).save(a.qc)
+        save_png(failure_picture(a.slide_id, reason), a.qc)
         return
     # QC: thumbnail-sized mask overlay with the kept tiles outlined
     import zarr
@@ -88,8 +88,7 @@ def cmd_tile(a: argparse.Namespace) -> None:
     coords = zarr.open_group(a.out, mode="r")["coords"][:]
     qc_rgb = np.asarray(Image.open(a.mask_qc).convert("RGB"))
     boxes = tile_boxes_in_mask(coords, attrs["tile_size_level0"], mask_meta["downsample"])
-    Path(a.qc).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(overlay(qc_rgb, np.zeros_like(mask), boxes)).save(a.qc)
+    save_png(overlay(qc_rgb, np.zeros_like(mask), boxes), a.qc)
 
 
 def cmd_graph(a: argparse.Namespace) -> None:
@@ -143,15 +142,14 @@ def cmd_pretrain(a: argparse.Namespace) -> None:
 
 
 def cmd_qc(a: argparse.Namespace) -> None:
+    from slidemil.files import atomic_path
     from slidemil.qc import cohort_plot, cohort_table
 
     table = cohort_table(a.tiles, a.masks)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(a.out).with_name(Path(a.out).name + ".part")
-    table.to_csv(tmp, sep="\t", index=False)
-    if a.plot:
-        cohort_plot(table, a.plot)
-    tmp.replace(a.out)
+    with atomic_path(a.out) as tmp:  # the table last: it is the rule's first output
+        table.to_csv(tmp, sep="\t", index=False)
+        if a.plot:
+            cohort_plot(table, a.plot)
     for _, r in table.iterrows():  # one line per slide that MIL will skip, or that carries a flag
         if r["status"] != "ok":
             logging.warning("%s: %s (%s)", r["slide_id"], r["status"], r["reason"])

@@ -24,11 +24,12 @@ import logging
 import os
 import re
 import sys
-import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from slidemil.files import atomic_path
 
 log = logging.getLogger("slidemil.cohorts")
 
@@ -73,18 +74,11 @@ def write_sheet(rows: Iterable[SampleRow], out: str | os.PathLike) -> Path:
     optional = [c for c in OPTIONAL_COLUMNS if any(getattr(r, c) is not None for r in rows)]
     columns = list(REQUIRED_COLUMNS) + optional
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            w = csv.writer(f, delimiter="\t", lineterminator="\n")
-            w.writerow(columns)
-            for r in rows:
-                w.writerow(["" if getattr(r, c) is None else getattr(r, c) for c in columns])
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f, delimiter="\t", lineterminator="\n")
+        w.writerow(columns)
+        for r in rows:
+            w.writerow(["" if getattr(r, c) is None else getattr(r, c) for c in columns])
     counts = {}
     for r in rows:
         counts[r.label] = counts.get(r.label, 0) + 1

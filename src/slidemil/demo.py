@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
+from slidemil.files import atomic_path, write_text
+
 # Ruifrok & Johnston optical-density vectors (RGB) for haematoxylin and eosin.
 _H_OD = np.array([0.650, 0.704, 0.286])
 _E_OD = np.array([0.072, 0.990, 0.105])
@@ -379,13 +381,11 @@ def write_pyramidal_tiff(rgb: np.ndarray, path: Path, mpp: float, tile_size: int
     """Write a tiled, JPEG-compressed pyramidal TIFF with resolution tags that OpenSlide reads."""
     import pyvips
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     img = pyvips.Image.new_from_array(rgb).copy(interpretation="srgb")
     px_per_mm = 1000.0 / mpp
-    tmp = path.with_name(path.name + ".part.tiff")
-    img.tiffsave(str(tmp), tile=True, tile_width=tile_size, tile_height=tile_size, pyramid=True,
-                 compression="jpeg", Q=quality, xres=px_per_mm, yres=px_per_mm, resunit="cm")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        img.tiffsave(str(tmp), tile=True, tile_width=tile_size, tile_height=tile_size, pyramid=True,
+                     compression="jpeg", Q=quality, xres=px_per_mm, yres=px_per_mm, resunit="cm")
 
 
 def mimic_path(annotation_path: str | Path) -> Path:
@@ -400,10 +400,7 @@ def slide_seed(seed: int, slide_id: str) -> int:
 
 
 def _write_json(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(obj))
-    tmp.replace(path)
+    write_text(json.dumps(obj), path)
 
 
 def make_demo_slide(slide_id: str, label: int, seed: int, slide_path: Path, annotation_path: Path,

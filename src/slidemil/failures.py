@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from slidemil import __version__
-from slidemil.files import save_png
+from slidemil.files import atomic_path, save_png, write_text
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,7 @@ def write_failed_mask(out_png: str | Path, qc_png: str | Path, slide_id: str, re
             "tissue_fraction": 0.0, "tissue_area_mm2": 0.0, "ink_fraction": 0.0, "blur_fraction": 0.0,
             "slidemil_version": __version__}
     save_png(failure_picture(slide_id, reason), qc_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    out_png.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+    write_text(json.dumps(meta, indent=1), out_png.with_suffix(".json"))
     save_png(np.zeros((1, 1), np.uint8), out_png)  # written last: the PNG implies the sidecar
     return meta
 
@@ -102,11 +101,11 @@ def write_failed_store(out: str | Path, slide_id: str, reason: str, tile_size: i
     """A valid tile store with 0 tiles (tiles [0,T,T,3], coords/grid [0,2]) flagged `failed`."""
     import zarr
 
-    from slidemil.store import atomic_dir, create_tile_arrays, write_index_arrays
+    from slidemil.store import create_tile_arrays, write_index_arrays
 
     full = {**(attrs or {}), "slide_id": slide_id, "status": FAILED, "reason": reason, "n_tiles": 0,
             "tile_size": int(tile_size), "slidemil_version": __version__}
-    with atomic_dir(out) as tmp:
+    with atomic_path(out) as tmp:
         g = zarr.open_group(tmp, mode="w", zarr_format=3)
         create_tile_arrays(g, 0, int(tile_size))
         write_index_arrays(g, np.zeros((0, 2), np.int32), np.zeros((0, 2), np.int32))

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from slidemil.files import atomic_path
+
 
 def neighbour_graph(grid: np.ndarray, radius: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """CSR (indptr [N+1], indices) of tiles within Chebyshev distance `radius`, self excluded.
@@ -40,11 +42,8 @@ def neighbour_graph(grid: np.ndarray, radius: int = 1) -> tuple[np.ndarray, np.n
 def save_graph(path: str | Path, grid: np.ndarray, radius: int) -> int:
     """Write graphs/{slide}.npz (indptr, indices, grid, radius); returns the number of edges."""
     indptr, indices = neighbour_graph(grid, radius)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part.npz")
-    np.savez(tmp, indptr=indptr, indices=indices, grid=np.asarray(grid, np.int32), radius=radius)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, indptr=indptr, indices=indices, grid=np.asarray(grid, np.int32), radius=radius)
     return len(indices)
 
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slidemil.encoders import EncoderSpec, get_entry, load_checkpoint
+from slidemil.files import atomic_path, write_text
 from slidemil.ssl.augment import AugmentParams, BatchAugment
 from slidemil.ssl.data import PairDataset, SlideSource
 from slidemil.ssl.losses import OBJECTIVES, build_objective
@@ -203,10 +204,8 @@ def ema_update(teacher: nn.Module, student: nn.Module, m: float) -> None:
 
 
 def atomic_save(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def world() -> tuple[int, int]:
@@ -261,11 +260,13 @@ def pair_views(model: nn.Module, teacher: nn.Module | None, x1: torch.Tensor, x2
 
 def pretrain(sources: list[SlideSource], params: PretrainParams, out: str | Path, seed: int,
              device: str = "auto", on_epoch_end: Callable[[int], None] | None = None,
-             progress: bool = False) -> dict:
+             progress: bool = False, dataset: PairDataset | None = None) -> dict:
     """Train and write `out` (encoder.pt: backbone weights + how to feed them); returns its metadata.
 
     sources: the slides of this scope (with labels when the objective uses them). Resumes from
     `<out dir>/checkpoints/last.pt` when it was written with the same params, seed and slides.
+    dataset: pairs chosen by the caller instead of the sampler's (hard-negative mining's mined
+    tiles, slidemil.hnm); its `digest()` joins the resume key.
     """
     from slidemil.embed import pick_device
 
@@ -287,7 +288,8 @@ def pretrain(sources: list[SlideSource], params: PretrainParams, out: str | Path
     sampler = build_sampler(params.sampler, **({"radius": params.radius} if params.sampler != "augment" else {}),
                             **({"p": params.p} if params.sampler == "mixed" else {}))
     balance = params.balance_labels if params.balance_labels is not None else objective.uses_labels
-    ds = PairDataset(sources, sampler, params.batch_size, params.tiles_per_epoch, seed, balance_labels=balance)
+    ds = dataset if dataset is not None else PairDataset(sources, sampler, params.batch_size, params.tiles_per_epoch,
+                                                         seed, balance_labels=balance)
     model, dim = build_model(params, seed)
     if w > 1 and dev.type == "cuda":  # BatchNorm statistics over the global batch (gloo/CPU: per rank)
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -304,6 +306,8 @@ def pretrain(sources: list[SlideSource], params: PretrainParams, out: str | Path
     aug = BatchAugment(AugmentParams.from_dict(params.augment), size, entry.mean, entry.std)
     slides = [s.slide_id for s in sources]
     key = {"digest": params.digest(), "seed": seed, "slides": hashlib.sha256("\n".join(slides).encode()).hexdigest()}
+    if dataset is not None:
+        key["data"] = dataset.digest()
     ckpt_path = out.parent / "checkpoints" / "last.pt"
     start, history = 0, []
     if ckpt_path.exists():
@@ -371,7 +375,7 @@ def pretrain(sources: list[SlideSource], params: PretrainParams, out: str | Path
             "pretrain": dataclasses.asdict(params), "seed": seed, "slides": slides, "history": history}
     if rank == 0:
         atomic_save({**meta, "encoder": {k: v.detach().cpu() for k, v in final.backbone.state_dict().items()}}, out)
-        (out.parent / "history.json").write_text(json.dumps(meta, indent=1, default=str))
+        write_text(json.dumps(meta, indent=1, default=str), out.parent / "history.json")
     barrier()
     return meta
 

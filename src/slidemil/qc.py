@@ -10,6 +10,7 @@ import pandas as pd
 import zarr
 
 from slidemil.failures import EMPTY, FAILED, store_status
+from slidemil.files import atomic_path
 
 
 INK_FLAG = 0.005  # flag a slide when ink covers more than this fraction of it
@@ -89,8 +90,6 @@ def cohort_plot(table: pd.DataFrame, out_png: str | Path) -> None:
     counts = table["status"].value_counts()
     ax.set_title(f"{n} slides: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUS_COLOURS))
     ax.legend(handles=[Patch(color=c, label=s) for s, c in STATUS_COLOURS.items()], loc="upper right", fontsize=8)
-    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(out_png).with_name(Path(out_png).name + ".part.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    tmp.replace(out_png)

@@ -7,12 +7,9 @@ is a few files, not one per tile. A tile is its own inner chunk, so a random rea
 
 from __future__ import annotations
 
-import os
-import shutil
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import zarr
@@ -21,6 +18,9 @@ from zarr.core.buffer import Buffer, NDBuffer
 from zarr.core.common import parse_named_configuration
 
 from slidemil import __version__
+from slidemil.files import atomic_path
+
+atomic_dir = atomic_path  # the old name, still imported by tests and benchmarks
 
 JPEG_CODEC = "slidemil.jpeg"
 
@@ -68,27 +68,6 @@ class JpegCodec(ArrayBytesCodec):
 
 
 zarr.registry.register_codec(JPEG_CODEC, JpegCodec)
-
-
-@contextmanager
-def atomic_dir(final: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling directory and rename it to `final` only if the block succeeds.
-
-    A killed job leaves only `<final>.tmp-<pid>`, never a complete-looking `final`.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(final.name + ".tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
-    try:
-        yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def create_tile_arrays(group: zarr.Group, n_tiles: int, tile_size: int, shard_tiles: int = 256,
@@ -147,7 +126,7 @@ def write_features(path: str | Path, features: np.ndarray, coords: np.ndarray, g
                    attrs: dict[str, Any]) -> None:
     """Write a per-slide feature store: `features` float16 [N, D] beside `coords` and `grid`."""
     features = np.asarray(features, dtype=np.float16)
-    with atomic_dir(path) as tmp:
+    with atomic_path(path) as tmp:
         g = zarr.open_group(tmp, mode="w", zarr_format=3)
         n, d = features.shape
         g.create_array("features", shape=(n, d), dtype="float16", chunks=(max(1, min(n, 4096)), d))

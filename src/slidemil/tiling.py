@@ -29,7 +29,8 @@ import zarr
 from slidemil import __version__
 from slidemil.slide import (MPP_TOLERANCE, ReadPlan, SlideError, TiledJpegLevel, open_slide, open_tiled_jpeg_level,
                             plan_read, rgba_to_rgb, slide_mpp)
-from slidemil.store import atomic_dir, create_tile_arrays, write_index_arrays, write_tile_shard
+from slidemil.files import atomic_path
+from slidemil.store import create_tile_arrays, write_index_arrays, write_tile_shard
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +311,7 @@ def tile_slide(slide_path: str | Path, mask_png: str | Path, out: str | Path, pa
     pyvips.concurrency_set(1)  # parallelism is ours (threads), not libvips'
     copied = 0
     try:
-        with atomic_dir(out) as tmp:
+        with atomic_path(out) as tmp:
             g = zarr.open_group(tmp, mode="w", zarr_format=3)
             tiles = create_tile_arrays(g, n, params.tile_size, params.shard_tiles, params.jpeg_quality)
             write_index_arrays(g, coords, grid)

@@ -165,7 +165,7 @@ def mask_slide(slide_path, out_png, qc_png, params: TissueParams, mask_mpp: floa
     import json
     from pathlib import Path
 
-    from slidemil.files import save_png
+    from slidemil.files import save_png, write_text
     from slidemil.slide import open_slide, read_thumbnail, slide_mpp
 
     slide = open_slide(slide_path)
@@ -183,7 +183,6 @@ def mask_slide(slide_path, out_png, qc_png, params: TissueParams, mask_mpp: floa
             "ink_fraction": float(parts["ink"].mean()), "blur_fraction": float(parts["blur"].mean())}
     out_png = Path(out_png)
     save_png(overlay(rgb, mask, excluded={"ink": parts["ink"], "blur": parts["blur"]}), qc_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    out_png.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+    write_text(json.dumps(meta, indent=1), out_png.with_suffix(".json"))
     save_png((mask * 255).astype(np.uint8), out_png)  # the rule's output, written last: it implies the sidecar
     return meta
