@@ -17,10 +17,12 @@ include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/embed.smk"
 include: "workflow/rules/mil.smk"
+include: "workflow/rules/hnm.smk"
 include: "workflow/rules/evaluate.smk"
 
 
 rule all:
     input:
         all_outputs(),
+        hnm_outputs(),
     default_target: True

@@ -205,6 +205,43 @@ def cmd_mil(a: argparse.Namespace) -> None:
              cache_mb=a.cache_mb)
 
 
+def cmd_hnm_mine(a: argparse.Namespace) -> None:
+    from slidemil.hnm import HNMParams, mine_round
+
+    import torch
+
+    torch.set_num_threads(a.threads)
+    device = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    mine_round(a.features_dir, a.folds, a.samples, a.fold, HNMParams.from_dict(_json(a.params)), json.loads(a.classes),
+               a.out_dir, a.seed, a.round, previous_dir=a.previous or None, device=device)
+
+
+def cmd_hnm_finetune(a: argparse.Namespace) -> None:
+    from slidemil.hnm import HNMParams, finetune_round
+
+    import torch
+
+    torch.set_num_threads(a.threads)
+    finetune_round(a.tiles, a.pseudo_labels, HNMParams.from_dict(_json(a.params)), _json(a.base), a.init or None,
+                   a.out, a.seed, device=a.device)
+
+
+def cmd_hnm_mining(a: argparse.Namespace) -> None:
+    from slidemil.files import atomic_path
+    from slidemil.hnm import HNMParams, mining_evidence
+
+    rounds = []
+    for d in a.rounds:  # .../fold{k}/round{t}
+        parts = Path(d).parts
+        rounds.append((int(parts[-2].removeprefix("fold")), int(parts[-1].removeprefix("round")), d))
+    tiles = {Path(t).stem: t for t in a.tiles}
+    ann = _json(a.annotations)
+    table = mining_evidence(rounds, tiles, ann.get("mimic", {}), ann.get("tumour", {}), HNMParams.from_dict(_json(a.params)))
+    with atomic_path(a.out) as tmp:
+        table.to_csv(tmp, index=False)
+    logging.info("%s", table.to_string())
+
+
 def cmd_evaluate(a: argparse.Namespace) -> None:
     from slidemil.evaluate import parse_run_path, write_evaluation
 
@@ -336,6 +373,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--froc-itc-um", type=float, default=200.0,
                    help="lesions with a shorter major axis are isolated tumour cells, left out (0: keep all)")
     p.add_argument("--froc-mask-um", type=float, default=8.0, help="pixel size of the FROC lesion mask, microns")
+
+    p = add("hnm-mine", cmd_hnm_mine, "hard-negative mining, one round of one fold: DSMIL + MIRank, tile scores, gate")
+    p.add_argument("--features-dir", required=True, help="the round-(t-1) encoder's features of the fold")
+    p.add_argument("--folds", required=True)
+    p.add_argument("--samples", required=True)
+    p.add_argument("--classes", required=True, help="JSON list of class names; the first is negative")
+    p.add_argument("--fold", type=int, required=True)
+    p.add_argument("--round", type=int, required=True)
+    p.add_argument("--params", required=True, help="JSON of one config `hnm` entry")
+    p.add_argument("--previous", default="", help="round t-1 dir (gate.json, pseudo_labels.npz); none for round 1")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out-dir", required=True, help="results/hnm/{run}/fold{k}/round{t}")
+    p = add("hnm-finetune", cmd_hnm_finetune, "hard-negative mining: fine-tune the encoder on one round's mined tiles")
+    p.add_argument("--tiles", nargs="+", required=True, help="tile stores (the training slides' are used)")
+    p.add_argument("--pseudo-labels", required=True, help="results/hnm/{run}/fold{k}/round{t}/pseudo_labels.npz")
+    p.add_argument("--params", required=True, help="JSON of one config `hnm` entry")
+    p.add_argument("--base", required=True, help="JSON of the base encoder's entry (arch, depth, input_size)")
+    p.add_argument("--init", default="", help="round t-1 weights; none: the base's seeded random init")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", required=True, help="results/encoders/{run}-r{t}/fold{k}/encoder.pt")
+    p = add("hnm-mining", cmd_hnm_mining, "hard-negative mining evidence: mined negatives vs mimic annotations")
+    p.add_argument("--rounds", nargs="+", required=True, help="round dirs results/hnm/{run}/fold{k}/round{t}")
+    p.add_argument("--tiles", nargs="+", required=True)
+    p.add_argument("--annotations", default="{}", help='JSON {"mimic": {slide: file}, "tumour": {slide: file}}')
+    p.add_argument("--params", required=True, help="JSON of one config `hnm` entry")
+    p.add_argument("--out", required=True, help="results/hnm/{run}/mining.csv")
 
     p = add("evaluate", cmd_evaluate, "benchmark tables, paired comparisons, claims and ROC plot from MIL predictions")
     p.add_argument("--predictions", nargs="+", required=True,

@@ -51,6 +51,22 @@ def pretrained_encoder(name: str, scope: str = "all") -> dict:
 
 ENCODERS.update({n: pretrained_encoder(n) for n, scopes in PRETRAIN_SCOPES.items() if scopes == ["all"]})
 FOLD_ENCODERS = [n for n, scopes in PRETRAIN_SCOPES.items() if scopes != ["all"]]
+# Hard-negative-mining runs (config `hnm`, workflow/rules/hnm.smk): round t >= 1 of run R is the
+# fold-trained encoder R-r{t} (results/encoders/R-r{t}/fold{k}/encoder.pt), benchmarked like the others.
+from slidemil.hnm import hnm_runs, round_encoders, round_metadata  # noqa: E402
+
+HNM = hnm_runs(config.get("hnm"), [*ENCODERS, *FOLD_ENCODERS])
+HNM_ROUNDS = round_encoders(HNM)  # encoder name -> (run, round)
+FOLD_ENCODERS += list(HNM_ROUNDS)
+HNM_META = round_metadata(HNM, lambda b: ENCODERS[b]["arch"] if b in ENCODERS else PRETRAIN[b].backbone)  # claims
+
+
+def hnm_base_entry(run: str, fold) -> dict:
+    """The `encoders`-style entry of a run's round-0 encoder in fold `fold` (backbone, input size, weights)."""
+    base = HNM[run].base
+    return dict(ENCODERS[base]) if base in ENCODERS else pretrained_encoder(base, f"fold{fold}")
+
+
 ALL_ENCODERS = [*ENCODERS, *FOLD_ENCODERS]  # every encoder of the benchmark
 EMBED_PER_JOB = config["embed"].get("slides_per_job", 1)
 EMBED_BATCHES = slide_batches(SLIDES, EMBED_PER_JOB)
@@ -178,6 +194,9 @@ def weights_flag(wildcards, input) -> str:
 
 
 def fold_encoder_arg(wildcards) -> str:
+    if wildcards.encoder in HNM_ROUNDS:  # a mining round: the base's backbone with the round's weights
+        return as_arg({**hnm_base_entry(HNM_ROUNDS[wildcards.encoder][0], wildcards.fold), "name": wildcards.encoder,
+                       "weights": f"results/encoders/{wildcards.encoder}/fold{wildcards.fold}/encoder.pt"})
     return as_arg(pretrained_encoder(wildcards.encoder, f"fold{wildcards.fold}"))
 
 

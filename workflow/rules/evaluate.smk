@@ -38,7 +38,7 @@ rule evaluate:
         ),
     params:
         cfg=as_arg(config["evaluate"]),
-        encoders=as_arg(config["encoders"]),
+        encoders=as_arg(config["encoders"] + HNM_META),  # + hard-negative-mining rounds (claims metadata)
         models=as_arg(config["mil"]["models"]),
         pretrain=as_arg(config.get("pretrain") or {}),
         classes=as_arg(config["classes"]),

@@ -50,6 +50,7 @@ from slidemil.ssl.losses import (  # noqa: E402,F401
     barlow,
     byol,
     dino,
+    hnm_steps,
     hnm_supcon,
     simclr,
     supcon,
