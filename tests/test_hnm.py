@@ -1,0 +1,171 @@
+"""Hard-negative mining (slidemil.hnm): the mining quantiles, the gate, label hygiene, the loss
+steps, and the workflow loop (rounds as a wildcard) on the tiny cohort."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+import zarr
+
+from slidemil.encoders import read_state_dict
+from slidemil.hnm import (HNMParams, MinedPairs, PseudoLabels, finetune_round, gate, hard_negatives, hnm_runs,
+                          mine_round, pseudo_positives, round_encoders, spl_ratio)
+from slidemil.ssl.data import SlideSource
+from slidemil.ssl.losses.hnm_steps import STEP_A, STEP_B, encode_labels, hnm_steps
+from slidemil.ssl.losses.hnm_supcon import hnm_supcon
+from slidemil.store import create_tile_arrays, write_features, write_index_arrays
+from slidemil.files import atomic_path
+
+TINY = dict(base="b", rounds=2, epochs=2, warmup_epochs=1, batch_size=8, tiles_per_epoch=16, lr=0.05,
+            precision="fp32", mil={"epochs": 3, "dropout": 0.0})
+BASE = {"arch": "resnet18", "depth": 1, "input_size": 16}
+
+
+def test_hard_negatives_are_the_top_quantile_of_negative_slides_tiles():
+    scores = {"n1": np.arange(10) / 100, "n2": np.arange(10, 20) / 100, "p": np.full(5, 0.99)}
+    labels = {"n1": 0, "n2": 0, "p": 1}
+    neg = hard_negatives(scores, labels, 0.2)  # top 20% of the 20 negative tiles: 0.16 .. 0.19 (cut 0.152)
+    assert neg["n1"].sum() == 0 and neg["p"].sum() == 0  # positive slides never give negatives
+    assert np.flatnonzero(neg["n2"]).tolist() == [6, 7, 8, 9]
+    neg05 = hard_negatives(scores, labels, 0.05)
+    assert np.flatnonzero(neg05["n2"]).tolist() == [9]
+    assert sum(m.sum() for m in hard_negatives(scores, labels, 1.0).values()) == 20
+
+
+def test_pseudo_positives_above_threshold_then_self_paced_top_quantile():
+    scores = {"p1": np.array([0.1, 0.35, 0.5, 0.9]), "p2": np.array([0.29, 0.6, 0.7, 0.8]), "n": np.full(3, 0.95)}
+    labels = {"p1": 1, "p2": 1, "n": 0}
+    full = pseudo_positives(scores, labels, 0.3)
+    assert full["p1"].tolist() == [False, True, True, True] and full["p2"].tolist() == [False, True, True, True]
+    assert not full["n"].any()  # a negative slide's tile is never a pseudo-positive, whatever its score
+    top = pseudo_positives(scores, labels, 0.3, ratio=1 / 3)  # 6 candidates -> the top 2: 0.9 and 0.8
+    assert top["p1"].tolist() == [False, False, False, True] and top["p2"].tolist() == [False, False, False, True]
+
+
+def test_self_paced_ratio_grows_after_warm_up():
+    p = HNMParams(base="b", epochs=5, warmup_epochs=1, spl_start=0.2, spl_end=0.8)
+    assert [round(spl_ratio(p, e), 3) for e in range(1, 5)] == [0.2, 0.4, 0.6, 0.8]
+
+
+def test_gate_keeps_labels_only_when_the_validation_metric_does_not_drop():
+    r1 = gate(0.5, None)
+    assert r1["accepted"] and r1["best"] == 0.5
+    r2 = gate(0.4, r1)
+    assert not r2["accepted"] and r2["best"] == 0.5 and r2["best_before"] == 0.5
+    r3 = gate(0.5, r2)  # equal to the best earlier round: accepted, as the authors' >=
+    assert r3["accepted"]
+
+
+def test_step_losses_are_the_authors_two_supcon_calls():
+    g = torch.Generator().manual_seed(0)
+    z1 = torch.nn.functional.normalize(torch.randn(12, 8, generator=g), dim=1)
+    z2 = torch.nn.functional.normalize(torch.randn(12, 8, generator=g), dim=1)
+    inst = torch.tensor([1, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0])
+    bag = inst.clone()
+    step = torch.tensor([STEP_A] * 6 + [STEP_B] * 6)
+    codes = torch.tensor([encode_labels(i, b, s) for i, b, s in zip(inst, bag, step)])
+    a, b = slice(0, 6), slice(6, 12)
+    want = (hnm_supcon(z1[a], z2[a], inst[a], bag[a], pair_mode="negative", mask_uncertain_neg=True)
+            + hnm_supcon(z1[b], z2[b], inst[b], bag[b], pair_mode="positive"))
+    assert torch.allclose(hnm_steps(z1, z2, codes), want)
+    # rows of one step do not enter the other's contrast: permuting B rows leaves A's part alone
+    only_a = hnm_steps(z1[a], z2[a], codes[a])
+    assert torch.allclose(only_a, hnm_supcon(z1[a], z2[a], inst[a], bag[a], pair_mode="negative",
+                                             mask_uncertain_neg=True))
+
+
+def test_runs_are_checked_and_rounds_named():
+    runs = hnm_runs({"h": {"base": "enc", "rounds": 3}, "off": {"base": "enc", "enabled": False}}, ["enc"])
+    assert list(runs) == ["h"] and list(round_encoders(runs)) == ["h-r1", "h-r2", "h-r3"]
+    with pytest.raises(ValueError, match="base 'nope' is not an encoder"):
+        hnm_runs({"h": {"base": "nope"}}, ["enc"])
+    with pytest.raises(ValueError, match="unknown hnm keys"):
+        hnm_runs({"h": {"base": "enc", "neg_ration": 0.1}}, ["enc"])
+    # raising `rounds` does not change what a finished round was made with
+    assert HNMParams(base="e", rounds=2).round_params() == HNMParams(base="e", rounds=5).round_params()
+
+
+# --- a tiny fold: tile stores + feature stores ---------------------------------------------------
+
+LABELS = {"s0": 0, "s1": 0, "s2": 0, "s3": 1, "s4": 1, "s5": 1, "s6": 0, "s7": 1, "s8": 0}
+ROLES = {**{f"s{i}": "train" for i in range(6)}, "s6": "val", "s7": "val", "s8": "test"}
+
+
+def _store(root, sid, seed, n=12, size=16, d=8):
+    rng = np.random.default_rng(seed)
+    grid = np.array([(i % 4, i // 4) for i in range(n)])
+    tiles = root / "tiles" / f"{sid}.zarr"
+    with atomic_path(tiles) as tmp:
+        g = zarr.open_group(tmp, mode="w", zarr_format=3)
+        create_tile_arrays(g, n, size, shard_tiles=8)[:] = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+        write_index_arrays(g, grid * size, grid)
+        g.attrs.update({"slide_id": sid, "status": "ok", "tile_size_level0": size})
+    feats = rng.normal(size=(n, d))
+    if LABELS[sid]:
+        feats[:3] += 2.0  # three witness tiles per positive slide
+    write_features(root / "features" / f"{sid}.zarr", feats, grid * size, grid, {"slide_id": sid})
+    return str(tiles)
+
+
+@pytest.fixture
+def fold(tmp_path):
+    tiles = [_store(tmp_path, s, i) for i, s in enumerate(LABELS)]
+    pd.DataFrame({"slide_id": list(ROLES), "fold": 0, "role": list(ROLES.values())}).to_csv(tmp_path / "folds.csv",
+                                                                                            index=False)
+    return tmp_path, tiles
+
+
+def _sheet(root, labels, name):
+    rows = ["slide_id\tpath\tlabel\tpatient_id"] + [f"{s}\t{s}.tiff\t{'tumour' if y else 'normal'}\tP{s}"
+                                                   for s, y in labels.items()]
+    (root / name).write_text("\n".join(rows) + "\n")
+    return root / name
+
+
+def _round(root, tiles, labels, name, params=HNMParams(**TINY)):
+    out = root / name
+    mine_round(root / "features", root / "folds.csv", _sheet(root, labels, f"{name}.tsv"), 0, params,
+               ["normal", "tumour"], out, seed=0, round_=1)
+    finetune_round(tiles, out / "pseudo_labels.npz", params, BASE, None, out / "enc" / "encoder.pt", seed=0,
+                   device="cpu")
+    return PseudoLabels.load(out / "pseudo_labels.npz"), read_state_dict(out / "enc" / "encoder.pt")
+
+
+def test_test_slide_labels_never_reach_mining_or_the_fine_tuned_encoder(fold, one_torch_thread):
+    root, tiles = fold
+    pl, w = _round(root, tiles, LABELS, "base")
+    assert sorted(pl.scores) == [f"s{i}" for i in range(6)]  # only training slides are mined
+    assert json.loads((root / "base" / "gate.json").read_text())["accepted"]
+    pl_t, w_t = _round(root, tiles, {**LABELS, "s8": 1}, "flip_test")  # the test slide's label changes
+    assert pl_t.digest() == pl.digest() and all(torch.equal(w[k], w_t[k]) for k in w)
+    pl_r, _ = _round(root, tiles, {**LABELS, "s0": 1, "s3": 0}, "flip_train")  # the test can fail
+    assert pl_r.digest() != pl.digest()
+
+
+def test_mined_pairs_plan_steps_a_then_b_after_warm_up(fold):
+    root, tiles = fold
+    rng = np.random.default_rng(0)
+    scores = {s: rng.random(12).astype(np.float32) for s in [f"s{i}" for i in range(6)]}
+    pl = PseudoLabels(scores, {s: LABELS[s] for s in scores}, 1)
+    p = HNMParams(**{**TINY, "neg_ratio": 0.25})
+    ds = MinedPairs([SlideSource(s, tiles[i], None, LABELS[s]) for i, s in enumerate(scores)], pl, p, seed=0)
+    neg = hard_negatives(scores, pl.labels, 0.25)
+    ds.set_epoch(0)  # warm-up: both halves of a step are step A
+    steps = ds.plan[:, 2] // 4
+    assert (steps == STEP_A).all() and len(ds) == 2 * p.tiles_per_epoch
+    ds.set_epoch(1)
+    b = p.batch_size
+    assert (ds.plan[:b, 2] // 4 == STEP_A).all() and (ds.plan[b: 2 * b, 2] // 4 == STEP_B).all()
+    for slide, tile, code in ds.plan:
+        sid = ds.order[slide]
+        if code % 2 == 0:  # a negative row is a mined hard negative
+            assert neg[sid][tile]
+        else:  # a positive row: a positive slide's tile above the threshold
+            assert pl.labels[sid] == 1 and scores[sid][tile] > p.pos_threshold
+    pos_b = ds.plan[b: 2 * b][ds.plan[b: 2 * b, 2] % 2 == 1]
+    assert len(pos_b) == max(1, round(b * p.pos_query_fraction))  # step B: few self-paced positives
