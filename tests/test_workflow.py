@@ -61,7 +61,7 @@ def planned_jobs(workdir: Path) -> dict[str, int]:
     for line in first_table.splitlines():
         m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
         if m and m.group(1) not in ("total", "job"):
-            rule = "embed" if re.fullmatch(r"embed_b\d+", m.group(1)) else m.group(1)  # batched embedding
+            rule = "embed" if re.fullmatch(r"embed_b\d+_\w+", m.group(1)) else m.group(1)  # batched embedding
             jobs[rule] = jobs.get(rule, 0) + int(m.group(2))
     return jobs
 

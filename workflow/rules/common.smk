@@ -1,6 +1,8 @@
 # Sample sheet, config validation and input helpers shared by every rule file.
+import functools
 import json
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -26,6 +28,10 @@ _generated = {DEMO_SLIDES.format(slide=s) for s in SAMPLES["slide_id"]} if confi
 check_sheet(SAMPLES, config["classes"], config["samples"], will_exist=_generated)
 SAMPLES = SAMPLES.set_index("slide_id", drop=False)
 SLIDES = list(SAMPLES.index)
+# per-job lookups read dicts, not SAMPLES.loc (tens of microseconds per call, times every slide's jobs)
+SLIDE_PATHS = dict(zip(SLIDES, SAMPLES["path"]))
+SLIDE_MPP = {s: float(m) for s, m in zip(SLIDES, SAMPLES["mpp"]) if m == m} if "mpp" in SAMPLES.columns else {}
+SLIDE_LABELS = dict(zip(SLIDES, SAMPLES["label"]))
 ENCODERS = {e["name"]: e for e in config["encoders"]}
 N_FOLDS = 1 if config["evaluate"]["use_official_split"] else config["evaluate"]["n_folds"]
 
@@ -94,24 +100,24 @@ def as_arg(obj) -> str:
     return shlex.quote(json.dumps(obj, sort_keys=True))
 
 
+@functools.cache  # once per stage and run: batch rules would otherwise parse the package per rule
 def code_version(*roots: str) -> str:
     """Hash of the import closure of a stage's modules: Snakemake does not see imported code changing."""
     return _code_version(SRC / "slidemil", *roots)
 
 
 def slide_path(wildcards) -> str:
-    return SAMPLES.loc[wildcards.slide, "path"]
+    return SLIDE_PATHS[wildcards.slide]
 
 
 def mpp_arg(wildcards) -> str:
     """`--mpp X` when the sheet gives one (used only if the slide metadata lacks mpp)."""
-    if "mpp" in SAMPLES.columns and SAMPLES.loc[wildcards.slide, "mpp"] == SAMPLES.loc[wildcards.slide, "mpp"]:
-        return f"--mpp {float(SAMPLES.loc[wildcards.slide, 'mpp'])}"
-    return ""
+    mpp = SLIDE_MPP.get(wildcards.slide)
+    return f"--mpp {mpp}" if mpp is not None else ""
 
 
 def demo_positive(wildcards) -> int:
-    return int(SAMPLES.loc[wildcards.slide, "label"] != config["classes"][0])
+    return int(SLIDE_LABELS[wildcards.slide] != config["classes"][0])
 
 
 def encoder_arg(wildcards) -> str:
@@ -183,10 +189,20 @@ def all_outputs() -> list[str]:
 # --- encoders and pretraining (workflow/rules/embed.smk, pretrain.smk) ---
 
 
-def encoder_weights(wildcards) -> list[str]:
+def weights_of(encoder: str) -> list[str]:
     """An encoder's weights file, a declared input of embed (replacing it reruns embedding); [] = random init."""
-    weights = ENCODERS[wildcards.encoder].get("weights")
+    weights = ENCODERS[encoder].get("weights")
     return [weights] if weights else []
+
+
+def encoder_weights(wildcards) -> list[str]:
+    return weights_of(wildcards.encoder)
+
+
+def embed_batch_rule(encoder: str, batch: int) -> str:
+    """Name of the rule embedding one batch for one encoder: embed_b{batch}_{encoder, as a word}."""
+    word = re.sub(r"\W", "_", encoder)  # encoder names may hold "-" and "."
+    return f"embed_b{batch}_{word}"
 
 
 def weights_flag(wildcards, input) -> str:
@@ -244,4 +260,9 @@ def features_dir(wildcards) -> str:
 
 def mil_features(wildcards) -> list[str]:
     """Feature stores of a MIL job (encoder, fold), in its encoder's scope."""
-    return expand("{d}/{slide}.zarr", d=features_dir(wildcards), slide=SLIDES)
+    return list(feature_stores(features_dir(wildcards)))
+
+
+@functools.cache  # the same list for every model x seed of an (encoder, fold): built once
+def feature_stores(features_dir: str) -> list[str]:
+    return [f"{features_dir}/{slide}.zarr" for slide in SLIDES]

@@ -38,36 +38,40 @@ if EMBED_PER_JOB == 1:
 
 else:
     # config embed.slides_per_job > 1: one job (one process start-up) embeds a batch of slides; batches
-    # are hash buckets of slide ids (slidemil.jobs), so adding a slide reruns only its batch
-    for _batch, _slides in EMBED_BATCHES.items():
+    # are hash buckets of slide ids (slidemil.jobs), so adding a slide reruns only its batch. One rule
+    # per encoder x batch with literal outputs: Snakemake indexes outputs by their text before the first
+    # wildcard, and an {encoder} wildcard would file every batch under "results/features/", so each
+    # feature lookup would scan all batches (planning quadratic in slides).
+    for _encoder in ENCODERS:
+        for _batch, _slides in EMBED_BATCHES.items():
 
-        rule:
-            name:
-                f"embed_b{_batch}"
-            input:
-                tiles=expand("results/tiles/{slide}.zarr", slide=_slides),
-                weights=encoder_weights,
-            output:
-                [directory(f"results/features/{{encoder}}/{s}.zarr") for s in _slides],
-            params:
-                encoder=encoder_arg,
-                weights=weights_flag,
-                seed=config["seed"],
-                device=config["embed"].get("device", "auto"),
-                code=code_version("cli:cmd_embed"),
-            log:
-                f"logs/embed/{{encoder}}/batch{_batch}.log",
-            benchmark:
-                f"results/benchmarks/embed/{{encoder}}/batch{_batch}.tsv"
-            threads: config["embed"].get("threads", 2)
-            resources:
-                gpu=1,
-                mem_mb=4000,
-                runtime=30,
-            conda:
-                "../../envs/torch.yaml"
-            shell:
-                EMBED_SHELL
+            rule:
+                name:
+                    embed_batch_rule(_encoder, _batch)
+                input:
+                    tiles=expand("results/tiles/{slide}.zarr", slide=_slides),
+                    weights=weights_of(_encoder),
+                output:
+                    [directory(f"results/features/{_encoder}/{s}.zarr") for s in _slides],
+                params:
+                    encoder=as_arg(ENCODERS[_encoder]),
+                    weights=weights_flag,
+                    seed=config["seed"],
+                    device=config["embed"].get("device", "auto"),
+                    code=code_version("cli:cmd_embed"),
+                log:
+                    f"logs/embed/{_encoder}/batch{_batch}.log",
+                benchmark:
+                    f"results/benchmarks/embed/{_encoder}/batch{_batch}.tsv"
+                threads: config["embed"].get("threads", 2)
+                resources:
+                    gpu=1,
+                    mem_mb=4000,
+                    runtime=30,
+                conda:
+                    "../../envs/torch.yaml"
+                shell:
+                    EMBED_SHELL
 
 
 # Features of an encoder trained on fold k's training slides (config `pretrain` entries that use labels).
