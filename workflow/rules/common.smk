@@ -59,7 +59,7 @@ ENCODERS.update({n: pretrained_encoder(n) for n, scopes in PRETRAIN_SCOPES.items
 FOLD_ENCODERS = [n for n, scopes in PRETRAIN_SCOPES.items() if scopes != ["all"]]
 # Hard-negative-mining runs (config `hnm`, workflow/rules/hnm.smk): round t >= 1 of run R is the
 # fold-trained encoder R-r{t} (results/encoders/R-r{t}/fold{k}/encoder.pt), benchmarked like the others.
-from slidemil.hnm import hnm_runs, round_encoders, round_metadata  # noqa: E402
+from slidemil.hnm import hnm_runs, round_encoder, round_encoders, round_metadata  # noqa: E402
 
 HNM = hnm_runs(config.get("hnm"), [*ENCODERS, *FOLD_ENCODERS])
 HNM_ROUNDS = round_encoders(HNM)  # encoder name -> (run, round)
@@ -200,7 +200,7 @@ def encoder_weights(wildcards) -> list[str]:
 
 
 def embed_batch_rule(encoder: str, batch: int) -> str:
-    """Name of the rule embedding one batch for one encoder: embed_b{batch}_{encoder, as a word}."""
+    """embed_b{batch}_{encoder as a word}: the name of one encoder's embedding job for one batch."""
     word = re.sub(r"\W", "_", encoder)  # encoder names may hold "-" and "."
     return f"embed_b{batch}_{word}"
 
@@ -266,3 +266,88 @@ def mil_features(wildcards) -> list[str]:
 @functools.cache  # the same list for every model x seed of an (encoder, fold): built once
 def feature_stores(features_dir: str) -> list[str]:
     return [f"{features_dir}/{slide}.zarr" for slide in SLIDES]
+
+
+# --- hard-negative mining (workflow/rules/hnm.smk) ---
+
+
+def hnm_arg(wildcards) -> str:
+    """The run's params without `rounds`/`enabled`: raising `rounds` leaves finished rounds as they are."""
+    return as_arg(HNM[wildcards.run].round_params())
+
+
+def hnm_previous_encoder(wildcards) -> str:
+    t = int(wildcards.round)
+    return HNM[wildcards.run].base if t == 1 else round_encoder(wildcards.run, t - 1)
+
+
+def hnm_round_dir(run: str, fold, t: int) -> str:
+    return f"results/hnm/{run}/fold{fold}/round{t}"
+
+
+def hnm_features_dir(wildcards) -> str:
+    return encoder_features_dir(hnm_previous_encoder(wildcards), wildcards.fold)
+
+
+def hnm_mine_inputs(wildcards) -> dict:
+    """The round-(t-1) features of every slide (the CLI reads the fold's training and validation
+    slides), the folds, the sheet, and round t-1's gate and pseudo labels (the gate's reference)."""
+    inputs = {"features": expand("{d}/{slide}.zarr", d=hnm_features_dir(wildcards), slide=SLIDES),
+              "folds": "results/folds.csv", "samples": config["samples"]}
+    t = int(wildcards.round)
+    if t > 1:
+        prev = hnm_round_dir(wildcards.run, wildcards.fold, t - 1)
+        inputs["previous"] = [f"{prev}/gate.json", f"{prev}/pseudo_labels.npz"]
+    return inputs
+
+
+def hnm_previous_flag(wildcards) -> str:
+    t = int(wildcards.round)
+    return f"--previous {shlex.quote(hnm_round_dir(wildcards.run, wildcards.fold, t - 1))}" if t > 1 else ""
+
+
+def hnm_init_weights(wildcards) -> list[str]:
+    """Round t-1's encoder.pt ([] when round 0 is a seeded random init)."""
+    t = int(wildcards.round)
+    if t > 1:
+        return [f"results/encoders/{round_encoder(wildcards.run, t - 1)}/fold{wildcards.fold}/encoder.pt"]
+    weights = hnm_base_entry(wildcards.run, wildcards.fold).get("weights")
+    return [weights] if weights else []
+
+
+def hnm_init_flag(wildcards, input) -> str:
+    return f"--init {shlex.quote(str(input.init[0]))}" if input.init else ""
+
+
+def hnm_base_arg(wildcards) -> str:
+    return as_arg(hnm_base_entry(wildcards.run, wildcards.fold))
+
+
+def hnm_annotations() -> dict[str, dict[str, str]]:
+    """Mimic outlines (demo slides only) and tumour annotations per slide, for the mining evidence."""
+    paths = dict(zip(SAMPLES["slide_id"], SAMPLES["path"]))
+    demo = [s for s in SLIDES if paths[s] in _generated]
+    tumour = {s: f"results/demo/annotations/{s}.geojson" for s in demo}
+    if "annotation" in SAMPLES.columns:
+        tumour.update({s: a for s, a in zip(SAMPLES["slide_id"], SAMPLES["annotation"]) if isinstance(a, str)})
+    return {"mimic": {s: f"results/demo/annotations/{s}.mimic.geojson" for s in demo}, "tumour": tumour}
+
+
+def hnm_run_rounds(wildcards) -> list[str]:
+    """Every round dir of a run: results/hnm/{run}/fold{k}/round{t}."""
+    return [hnm_round_dir(wildcards.run, k, t) for k in range(N_FOLDS) for t in range(1, HNM[wildcards.run].rounds + 1)]
+
+
+def hnm_mining_inputs(wildcards) -> dict:
+    rounds = hnm_run_rounds(wildcards)
+    return {"gates": [f"{d}/gate.json" for d in rounds], "labels": [f"{d}/pseudo_labels.npz" for d in rounds],
+            "tiles": expand("results/tiles/{slide}.zarr", slide=SLIDES),
+            "mimics": list(hnm_annotations()["mimic"].values())}
+
+
+def hnm_rounds_arg(wildcards) -> str:
+    return " ".join(shlex.quote(d) for d in hnm_run_rounds(wildcards))
+
+
+def hnm_outputs() -> list[str]:
+    return expand("results/hnm/{run}/mining.csv", run=HNM)
