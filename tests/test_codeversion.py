@@ -64,7 +64,8 @@ def test_unknown_roots_are_errors(tmp_path):
 def test_real_stages_cover_the_modules_their_code_reads():
     pkg = ROOT / "src" / "slidemil"
     assert {"metrics.py", "store.py", "mil/train.py"} <= set(import_closure(pkg, ["cli:cmd_mil"]))
-    assert {"tissue.py", "files.py", "tiling.py"} <= set(import_closure(pkg, ["cli:cmd_tile"]))
+    assert {"qcpicture.py", "failures.py", "files.py", "tiling.py"} <= set(import_closure(pkg, ["cli:cmd_tile"]))
+    assert {"qcpicture.py", "failures.py", "tissue.py"} <= set(import_closure(pkg, ["cli:cmd_mask"]))
 
 
 @pytest.mark.parametrize("stage", ["cli:cmd_mil", "cli:cmd_tile", "cli:cmd_heatmaps", "cli:cmd_embed"])

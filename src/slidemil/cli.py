@@ -33,62 +33,19 @@ def cmd_demo_slide(a: argparse.Namespace) -> None:
 
 
 def cmd_mask(a: argparse.Namespace) -> None:
-    from slidemil.failures import failure_reason, report_failure, slide_read_errors, write_failed_mask
-    from slidemil.tissue import TissueParams, mask_slide
+    from slidemil.tissue import TissueParams, mask_slide_or_flag
 
     p = _json(a.params)
-    try:
-        meta = mask_slide(a.slide, a.out, a.qc, TissueParams(**_fields(TissueParams, p)),
-                          mask_mpp=p.get("mask_mpp", 8.0), mpp_override=a.mpp)
-    except slide_read_errors() as e:  # a slide problem, not a bug: one line, then outputs flagged failed
-        reason = failure_reason(e, a.slide)
-        report_failure(a.slide_id, reason, a.on_slide_error)
-        write_failed_mask(a.out, a.qc, a.slide_id, reason, a.slide)
-        return
-    if meta["status"] == "empty":
-        logging.warning("%s: no tissue found; its tile store will be empty and MIL will skip it", a.slide_id)
-    logging.info("%s: tissue %.1f%% of the slide, %.2f mm2", a.slide_id, 100 * meta["tissue_fraction"],
-                 meta["tissue_area_mm2"])
+    mask_slide_or_flag(a.slide, a.slide_id, a.out, a.qc, TissueParams(**_fields(TissueParams, p)),
+                       mask_mpp=p.get("mask_mpp", 8.0), mpp_override=a.mpp, on_error=a.on_slide_error)
 
 
 def cmd_tile(a: argparse.Namespace) -> None:
-    import numpy as np
-    from PIL import Image
-
-    from slidemil.failures import (failure_picture, failure_reason, report_failure, slide_read_errors,
-                                   write_failed_store)
-    from slidemil.files import save_png
-    from slidemil.tiling import TileParams, load_mask, tile_boxes_in_mask, tile_slide
-    from slidemil.tissue import overlay
+    from slidemil.tiling import TileParams, tile_slide_or_flag
 
     params = TileParams(**_fields(TileParams, _json(a.params)))
-    mask, mask_meta = load_mask(a.mask)
-    trace = {"source_path": str(a.slide), "target_mpp": params.target_mpp, "stride": params.tile_size,
-             "params": dataclasses.asdict(params)}
-    reason = None
-    if mask_meta.get("status") == "failed":
-        reason = mask_meta.get("reason", "the mask stage failed")
-        if a.on_slide_error == "fail":
-            report_failure(a.slide_id, reason, a.on_slide_error)
-        logging.warning("%s: not tiled, the mask stage failed (%s); writing an empty store flagged 'failed'",
-                        a.slide_id, reason)
-    else:
-        try:
-            attrs = tile_slide(a.slide, a.mask, a.out, params, a.slide_id, a.mpp, threads=a.threads)
-        except slide_read_errors() as e:
-            reason = failure_reason(e, a.slide)
-            report_failure(a.slide_id, reason, a.on_slide_error)
-    if reason is not None:
-        write_failed_store(a.out, a.slide_id, reason, params.tile_size, trace)
-        save_png(failure_picture(a.slide_id, reason), a.qc)
-        return
-    # QC: thumbnail-sized mask overlay with the kept tiles outlined
-    import zarr
-
-    coords = zarr.open_group(a.out, mode="r")["coords"][:]
-    qc_rgb = np.asarray(Image.open(a.mask_qc).convert("RGB"))
-    boxes = tile_boxes_in_mask(coords, attrs["tile_size_level0"], mask_meta["downsample"])
-    save_png(overlay(qc_rgb, np.zeros_like(mask), boxes), a.qc)
+    tile_slide_or_flag(a.slide, a.slide_id, a.mask, a.mask_qc, a.out, a.qc, params, a.mpp, threads=a.threads,
+                       on_error=a.on_slide_error)
 
 
 def cmd_graph(a: argparse.Namespace) -> None:

@@ -365,10 +365,45 @@ def _ordered(fn, jobs: list[tuple[int, int]], threads: int):
         ex.shutdown(wait=True, cancel_futures=True)
 
 
-def tile_boxes_in_mask(coords: np.ndarray, step0: float, mask_downsample: float) -> np.ndarray:
-    """Tile rectangles [x0, y0, x1, y1] in mask pixels, for the QC overlay."""
-    c = coords / mask_downsample
-    return np.concatenate([c, c + step0 / mask_downsample], axis=1)
+def tile_slide_or_flag(slide_path: str | Path, slide_id: str, mask_png: str | Path, mask_qc_png: str | Path,
+                       out: str | Path, qc_png: str | Path, params: TileParams, mpp_override: float | None = None,
+                       threads: int = 1, on_error: str = "fail") -> dict:
+    """The tile stage: `tile_slide` and its QC picture (the mask's panel with the kept tiles drawn).
+
+    When the mask stage failed or the slide cannot be read: an empty store and a placeholder QC
+    picture flagged failed, after one ERROR line; on_error 'fail' raises SlideFailure instead
+    (the CLI exits 1). Returns the store's attrs.
+    """
+    from slidemil.failures import (FAILED, failure_picture, failure_reason, report_failure, slide_read_errors,
+                                   write_failed_store)
+    from slidemil.files import save_png
+    from slidemil.qcpicture import tile_picture
+
+    mask_meta = json.loads(Path(mask_png).with_suffix(".json").read_text())
+    reason = None
+    if mask_meta.get("status") == FAILED:
+        reason = mask_meta.get("reason", "the mask stage failed")
+        if on_error == "fail":
+            report_failure(slide_id, reason, on_error)
+        log.warning("%s: not tiled, the mask stage failed (%s); writing an empty store flagged 'failed'",
+                    slide_id, reason)
+    else:
+        try:
+            attrs = tile_slide(slide_path, mask_png, out, params, slide_id, mpp_override, threads=threads)
+        except slide_read_errors() as e:
+            reason = failure_reason(e, slide_path)
+            report_failure(slide_id, reason, on_error)
+    if reason is not None:
+        trace = {"source_path": str(slide_path), "target_mpp": params.target_mpp, "stride": params.tile_size,
+                 "params": asdict(params)}
+        attrs = write_failed_store(out, slide_id, reason, params.tile_size, trace)
+        save_png(failure_picture(slide_id, reason), qc_png)
+        return attrs
+    coords = zarr.open_group(str(out), mode="r")["coords"][:]
+    title = (f"{slide_id}: {attrs['n_tiles']} tiles of {params.tile_size} px at {params.target_mpp:g} um/px "
+             f"(min tissue {params.min_tissue:g})")
+    save_png(tile_picture(mask_qc_png, mask_meta, coords, attrs["tile_size_level0"], title), qc_png)
+    return attrs
 
 
-__all__ = ["TileParams", "tile_slide", "select_tiles", "tile_fractions", "SlideError", "load_mask"]
+__all__ = ["TileParams", "tile_slide", "tile_slide_or_flag", "select_tiles", "tile_fractions", "SlideError", "load_mask"]

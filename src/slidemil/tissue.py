@@ -135,37 +135,20 @@ def tissue_parts(rgb: np.ndarray, um_per_px: float, params: TissueParams = Tissu
     return {"tissue": mask, "ink": ink & (v < params.max_value), "blur": blur}
 
 
-def overlay(rgb: np.ndarray, mask: np.ndarray, boxes: np.ndarray | None = None,
-            excluded: dict[str, np.ndarray] | None = None) -> np.ndarray:
-    """QC picture: tissue tinted green, mask outline, and optional kept-tile boxes [x0, y0, x1, y1].
-
-    `excluded` maps 'ink' / 'blur' to boolean maps, tinted red / orange so that exclusions show.
-    """
-    out = rgb.astype(np.float32).copy()
-    tints = {"ink": (220, 0, 0), "blur": (255, 150, 0)}
-    for name, where in (excluded or {}).items():
-        where = np.asarray(where, bool) & ~mask
-        out[where] = 0.5 * out[where] + 0.5 * np.array(tints.get(name, (128, 128, 128)))
-    out[mask] = 0.7 * out[mask] + 0.3 * np.array([0, 200, 0])
-    edge = mask ^ ndi.binary_erosion(mask)
-    out[edge] = (0, 160, 0)
-    if boxes is not None:
-        H, W = mask.shape
-        for x0, y0, x1, y1 in np.asarray(boxes, dtype=int):
-            x0, y0 = np.clip(x0, 0, W - 1), np.clip(y0, 0, H - 1)
-            x1, y1 = np.clip(x1, 0, W - 1), np.clip(y1, 0, H - 1)
-            out[y0, x0 : x1 + 1] = out[y1, x0 : x1 + 1] = (30, 30, 220)
-            out[y0 : y1 + 1, x0] = out[y0 : y1 + 1, x1] = (30, 30, 220)
-    return out.astype(np.uint8)
-
-
 def mask_slide(slide_path, out_png, qc_png, params: TissueParams, mask_mpp: float = 8.0,
                mpp_override: float | None = None, max_side: int = 4096) -> dict:
-    """Tissue mask of one slide at ~`mask_mpp`: mask PNG + JSON sidecar + QC overlay PNG."""
+    """Tissue mask of one slide at ~`mask_mpp`: mask PNG + JSON sidecar + QC picture PNG.
+
+    The QC picture is a ~1000 px thumbnail (slidemil.qcpicture): from the mask's thumbnail when
+    that is larger, else read from the pyramid level nearest its size, never level 0 whole.
+    """
     import json
     from pathlib import Path
 
+    from PIL import Image
+
     from slidemil.files import save_png, write_text
+    from slidemil.qcpicture import mask_picture, panel_long_side
     from slidemil.slide import open_slide, read_thumbnail, slide_mpp
 
     slide = open_slide(slide_path)
@@ -173,6 +156,13 @@ def mask_slide(slide_path, out_png, qc_png, params: TissueParams, mask_mpp: floa
     has_meta_mpp = mpp_override is None or slide.properties.get("openslide.mpp-x") is not None
     w, h = slide.dimensions
     rgb, downsample = read_thumbnail(slide, min(max_side, max(64, round(max(w, h) * mpp / mask_mpp))))
+    qc_side = panel_long_side((w, h))
+    if max(rgb.shape[:2]) >= qc_side:
+        f = qc_side / max(rgb.shape[:2])
+        size = (max(1, round(rgb.shape[1] * f)), max(1, round(rgb.shape[0] * f)))
+        qc_rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BOX))
+    else:
+        qc_rgb, _ = read_thumbnail(slide, qc_side)
     slide.close()
     parts = tissue_parts(rgb, downsample * mpp, params)
     mask = parts["tissue"]
@@ -180,9 +170,36 @@ def mask_slide(slide_path, out_png, qc_png, params: TissueParams, mask_mpp: floa
             "downsample": downsample, "slide_mpp": mpp, "mpp_source": "metadata" if has_meta_mpp else "samples.tsv",
             "width": w, "height": h, "tissue_fraction": float(mask.mean()),
             "tissue_area_mm2": float(mask.sum() * (downsample * mpp / 1000.0) ** 2),
-            "ink_fraction": float(parts["ink"].mean()), "blur_fraction": float(parts["blur"].mean())}
+            "ink_fraction": float(parts["ink"].mean()), "blur_fraction": float(parts["blur"].mean()),
+            "qc_size": [qc_rgb.shape[1], qc_rgb.shape[0]], "qc_downsample": w / qc_rgb.shape[1]}
     out_png = Path(out_png)
-    save_png(overlay(rgb, mask, excluded={"ink": parts["ink"], "blur": parts["blur"]}), qc_png)
+    title = f"{Path(slide_path).name}: mask at {downsample * mpp:.1f} um/px, {mpp:g} um/px scan"
+    save_png(mask_picture(qc_rgb, mask, {"ink": parts["ink"], "blur": parts["blur"]}, meta, title), qc_png)
     write_text(json.dumps(meta, indent=1), out_png.with_suffix(".json"))
     save_png((mask * 255).astype(np.uint8), out_png)  # the rule's output, written last: it implies the sidecar
+    return meta
+
+
+def mask_slide_or_flag(slide_path, slide_id: str, out_png, qc_png, params: TissueParams, mask_mpp: float = 8.0,
+                       mpp_override: float | None = None, on_error: str = "fail") -> dict:
+    """The mask stage: `mask_slide`, or for a slide that cannot be read, outputs flagged failed.
+
+    on_error 'skip': one ERROR line, then an empty mask, its sidecar (status, reason) and a
+    placeholder QC picture; 'fail': the ERROR line, then SlideFailure (the CLI exits 1).
+    """
+    import logging
+
+    from slidemil.failures import failure_reason, report_failure, slide_read_errors, write_failed_mask
+
+    log = logging.getLogger("slidemil")
+    try:
+        meta = mask_slide(slide_path, out_png, qc_png, params, mask_mpp=mask_mpp, mpp_override=mpp_override)
+    except slide_read_errors() as e:  # a slide problem, not a bug
+        reason = failure_reason(e, slide_path)
+        report_failure(slide_id, reason, on_error)
+        return write_failed_mask(out_png, qc_png, slide_id, reason, slide_path)
+    if meta["status"] == "empty":
+        log.warning("%s: no tissue found; its tile store will be empty and MIL will skip it", slide_id)
+    log.info("%s: tissue %.1f%% of the slide, %.2f mm2", slide_id, 100 * meta["tissue_fraction"],
+             meta["tissue_area_mm2"])
     return meta
