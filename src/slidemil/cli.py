@@ -49,35 +49,25 @@ def cmd_tile(a: argparse.Namespace) -> None:
 
 
 def cmd_graph(a: argparse.Namespace) -> None:
-    import zarr
+    from slidemil.graph import graph_of_store
 
-    from slidemil.graph import save_graph
-
-    grid = zarr.open_group(a.tiles, mode="r")["grid"][:]
-    n_edges = save_graph(a.out, grid, a.radius)
-    logging.info("%s: %d tiles, %d directed edges at radius %d", a.tiles, len(grid), n_edges, a.radius)
+    graph_of_store(a.tiles, a.out, a.radius)
 
 
 def cmd_embed(a: argparse.Namespace) -> None:
-    from slidemil.embed import EncoderSpec, embed_slide
+    from slidemil.embed import EncoderSpec, embed_slides
 
-    import torch
-
-    torch.set_num_threads(a.threads)  # as many as the rule was given: same numbers locally and on SLURM
     spec = EncoderSpec(**_fields(EncoderSpec, _json(a.encoder)))
     if a.weights:  # the rule's declared weights input (replacing the file reruns embedding)
         spec = dataclasses.replace(spec, weights=a.weights)
-    if len(a.tiles) != len(a.out):
-        raise ValueError(f"embed: {len(a.tiles)} --tiles but {len(a.out)} --out; give one output per tile store")
-    for tiles, out in zip(a.tiles, a.out):  # a batch of slides shares one process start-up
-        embed_slide(tiles, out, spec, a.seed, device=a.device)
+    embed_slides(a.tiles, a.out, spec, a.seed, device=a.device, threads=a.threads)
 
 
 def cmd_pretrain(a: argparse.Namespace) -> None:
     import os
 
     from slidemil.pretrain import PretrainParams, pretrain, sources_for_scope
-    from slidemil.samples import read_sheet
+    from slidemil.samples import label_indices
 
     import torch
 
@@ -87,11 +77,8 @@ def cmd_pretrain(a: argparse.Namespace) -> None:
 
         dist.init_process_group("nccl" if torch.cuda.is_available() and a.device != "cpu" else "gloo")
     params = PretrainParams.from_dict(_json(a.params))
-    labels = None
-    if params.uses_labels:  # slide label -> class index (0 = the negative class); only fold scopes get them
-        classes = json.loads(a.classes)
-        sheet = read_sheet(a.samples)
-        labels = {str(s): classes.index(lab) for s, lab in zip(sheet["slide_id"], sheet["label"])}
+    # slide label -> class index (0 = the negative class); only fold scopes get them
+    labels = label_indices(a.samples, json.loads(a.classes)) if params.uses_labels else None
     sources = sources_for_scope(a.tiles, a.graphs, a.scope, labels, a.folds)
     logging.info("pretrain %s scope %s: %d slides, objective %s, sampler %s", a.out, a.scope, len(sources),
                  params.objective, params.sampler)
@@ -99,22 +86,9 @@ def cmd_pretrain(a: argparse.Namespace) -> None:
 
 
 def cmd_qc(a: argparse.Namespace) -> None:
-    from slidemil.files import atomic_path
-    from slidemil.qc import cohort_plot, cohort_table
+    from slidemil.qc import write_cohort_qc
 
-    table = cohort_table(a.tiles, a.masks)
-    with atomic_path(a.out) as tmp:  # the table last: it is the rule's first output
-        table.to_csv(tmp, sep="\t", index=False)
-        if a.plot:
-            cohort_plot(table, a.plot)
-    for _, r in table.iterrows():  # one line per slide that MIL will skip, or that carries a flag
-        if r["status"] != "ok":
-            logging.warning("%s: %s (%s)", r["slide_id"], r["status"], r["reason"])
-        elif r["flags"]:
-            logging.warning("%s: %s", r["slide_id"], r["flags"])
-    counts = table["status"].value_counts()
-    logging.info("%d slides (%d ok, %d empty, %d failed), %d tiles, %d flagged", len(table), counts.get("ok", 0),
-                 counts.get("empty", 0), counts.get("failed", 0), table["n_tiles"].sum(), (table["flags"] != "").sum())
+    write_cohort_qc(a.tiles, a.masks, a.out, a.plot)
 
 
 def cmd_export_h5(a: argparse.Namespace) -> None:
@@ -124,24 +98,11 @@ def cmd_export_h5(a: argparse.Namespace) -> None:
 
 
 def cmd_folds(a: argparse.Namespace) -> None:
-    from slidemil.files import atomic_path
-    from slidemil.folds import fold_table
-    from slidemil.samples import SampleSheetError, read_sheet
+    from slidemil.folds import write_folds
 
     p = _json(a.params)
-    samples = read_sheet(a.samples)
-    if p.get("use_official_split"):
-        if "split" not in samples.columns or samples["split"].isna().any():
-            raise SampleSheetError(f"{a.samples}: evaluate.use_official_split is true but the `split` "
-                                   "column is missing or has blanks; fill it (train/val/test) or set it false")
-    else:
-        samples = samples.drop(columns=["split"], errors="ignore")
-    # The whole sheet, before QC: a slide failing or being fixed never moves another slide
-    # (MIL skips failed and empty feature stores).
-    table = fold_table(samples, p.get("n_folds", 5), a.seed, p.get("val_fraction", 0.2))
-    with atomic_path(a.out) as tmp:  # an interrupted job leaves no half-written table
-        table.to_csv(tmp, index=False)
-    logging.info("%s", table.groupby(["fold", "role"]).size().unstack(fill_value=0).to_string())
+    write_folds(a.samples, a.out, p.get("n_folds", 5), a.seed, p.get("val_fraction", 0.2),
+                bool(p.get("use_official_split")))
 
 
 def cmd_mil(a: argparse.Namespace) -> None:

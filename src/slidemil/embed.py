@@ -112,3 +112,16 @@ def embed_slide(tiles_path: str | Path, out: str | Path, spec: EncoderSpec, seed
     write_features(out, feats, g["coords"][:], g["grid"][:], attrs)
     log.info("%s: %d tiles embedded to %d-d with %s on %s", attrs["slide_id"], n, dim, spec.name, dev)
     return n
+
+
+def embed_slides(tiles: list[str], outs: list[str], spec: EncoderSpec, seed: int, device: str = "auto",
+                 threads: int = 1) -> int:
+    """The embed stage: each tile store into its feature store (a batch shares one process start-up).
+
+    threads: torch's CPU threads, as many as the rule was given (the same numbers locally and on
+    SLURM). Returns the number of tiles embedded.
+    """
+    if len(tiles) != len(outs):
+        raise ValueError(f"embed: {len(tiles)} --tiles but {len(outs)} --out; give one output per tile store")
+    torch.set_num_threads(threads)
+    return sum(embed_slide(t, out, spec, seed, device=device) for t, out in zip(tiles, outs))

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -188,3 +189,28 @@ def fold_table(samples: pd.DataFrame, n_folds: int, seed: int, val_fraction: flo
         parts.append(pd.DataFrame({"slide_id": samples["slide_id"], "fold": fold, "role": role}))
     table = pd.concat(parts, ignore_index=True)
     return table.sort_values(["fold", "slide_id"]).reset_index(drop=True)[FOLD_COLUMNS]
+
+
+def write_folds(samples_path: str | Path, out: str | Path, n_folds: int = 5, seed: int = 0,
+                val_fraction: float = 0.2, use_official_split: bool = False) -> pd.DataFrame:
+    """The folds stage: `fold_table` of the whole sheet (before QC) written to `out` (folds.csv).
+
+    The sheet's `split` column is used only with `use_official_split`, and must then be filled.
+    A slide failing QC or being fixed never moves another slide: MIL skips failed and empty
+    feature stores instead.
+    """
+    from slidemil.files import atomic_path
+    from slidemil.samples import SampleSheetError, read_sheet
+
+    samples = read_sheet(samples_path)
+    if use_official_split:
+        if "split" not in samples.columns or samples["split"].isna().any():
+            raise SampleSheetError(f"{samples_path}: evaluate.use_official_split is true but the `split` "
+                                   "column is missing or has blanks; fill it (train/val/test) or set it false")
+    else:
+        samples = samples.drop(columns=["split"], errors="ignore")
+    table = fold_table(samples, n_folds, seed, val_fraction)
+    with atomic_path(out) as tmp:
+        table.to_csv(tmp, index=False)
+    log.info("%s", table.groupby(["fold", "role"]).size().unstack(fill_value=0).to_string())
+    return table

@@ -50,3 +50,16 @@ def save_graph(path: str | Path, grid: np.ndarray, radius: int) -> int:
 def load_graph(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     with np.load(path) as z:
         return z["indptr"], z["indices"]
+
+
+def graph_of_store(tiles: str | Path, out: str | Path, radius: int = 1) -> int:
+    """The graph stage: the neighbour graph of a tile store's grid written to `out`; returns the edges."""
+    import logging
+
+    import zarr
+
+    grid = zarr.open_group(str(tiles), mode="r")["grid"][:]
+    n_edges = save_graph(out, grid, radius)
+    logging.getLogger("slidemil").info("%s: %d tiles, %d directed edges at radius %d", tiles, len(grid), n_edges,
+                                       radius)
+    return n_edges

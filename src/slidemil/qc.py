@@ -93,3 +93,25 @@ def cohort_plot(table: pd.DataFrame, out_png: str | Path) -> None:
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
+
+
+def write_cohort_qc(tiles: list[str], masks: list[str], out_tsv: str | Path, out_png: str | Path | None = None
+                    ) -> pd.DataFrame:
+    """The cohort QC stage: table (and plot) written, one log line per slide skipped or flagged."""
+    import logging
+
+    log = logging.getLogger("slidemil")
+    table = cohort_table(tiles, masks)
+    with atomic_path(out_tsv) as tmp:  # the table last: it is the rule's first output
+        table.to_csv(tmp, sep="\t", index=False)
+        if out_png:
+            cohort_plot(table, out_png)
+    for _, r in table.iterrows():
+        if r["status"] != "ok":
+            log.warning("%s: %s (%s)", r["slide_id"], r["status"], r["reason"])
+        elif r["flags"]:
+            log.warning("%s: %s", r["slide_id"], r["flags"])
+    counts = table["status"].value_counts()
+    log.info("%d slides (%d ok, %d empty, %d failed), %d tiles, %d flagged", len(table), counts.get("ok", 0),
+             counts.get("empty", 0), counts.get("failed", 0), table["n_tiles"].sum(), (table["flags"] != "").sum())
+    return table

@@ -73,3 +73,9 @@ def load_samples(path: str | Path, classes: Iterable[str], will_exist: Iterable[
     df = read_sheet(path)
     check_sheet(df, classes, path, will_exist)
     return df.set_index("slide_id", drop=False)
+
+
+def label_indices(path: str | Path, classes: list[str]) -> dict[str, int]:
+    """slide_id -> index of its label in `classes` (0 = the negative class), from the sheet at `path`."""
+    sheet = read_sheet(path)
+    return {str(s): classes.index(lab) for s, lab in zip(sheet["slide_id"], sheet["label"])}
