@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -38,15 +40,21 @@ def make_cohort(workdir: Path, n: int) -> None:
     (workdir / "config.yaml").write_text(yaml.safe_dump({"samples": "samples.tsv", "demo": {"enabled": False}}))
 
 
-def plan_seconds(workdir: Path) -> float:
+def plan_seconds(workdir: Path) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds (user + system: less swayed by other load on a shared machine) and jobs."""
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(ROOT / "config" / "config.yaml"), str(workdir / "config.yaml"), "--cores", "2", "-n", "--quiet", "rules"]
+           "--configfile", str(ROOT / "config" / "config.yaml"), str(workdir / "config.yaml"), "--cores", "2", "-n",
+           "--quiet", "rules"]
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     took = time.perf_counter() - start
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
-        raise SystemExit(f"dry run failed for {workdir}:\n{proc.stderr[-3000:]}")
-    return took
+        raise SystemExit(f"dry run failed for {workdir}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+    jobs = re.search(r"^total\s+(\d+)$", proc.stdout, re.M)
+    return took, cpu, int(jobs.group(1)) if jobs else 0
 
 
 def main() -> None:
@@ -55,16 +63,20 @@ def main() -> None:
     args = ap.parse_args()
     if not SLIDE.is_file():
         raise SystemExit(f"{SLIDE} not found: this benchmark needs ../shared/data beside the checkout")
-    seconds = {}
+    seconds, cpu, jobs = {}, {}, {}
     with tempfile.TemporaryDirectory(prefix="slidemil-dag-") as tmp:
         for n in args.sizes:
             workdir = Path(tmp) / f"n{n}"
             make_cohort(workdir, n)
-            seconds[n] = plan_seconds(workdir)
-            print(f"{n:>6} slides: dry run {seconds[n]:.1f} s ({1000 * seconds[n] / n:.1f} ms per slide)", flush=True)
+            seconds[n], cpu[n], jobs[n] = plan_seconds(workdir)
+            print(f"{n:>6} slides: dry run {seconds[n]:.1f} s, CPU {cpu[n]:.1f} s, {jobs[n]} jobs "
+                  f"({1000 * seconds[n] / n:.1f} ms per slide)", flush=True)
     small, large = min(seconds), max(seconds)
     print(json.dumps({"benchmark": "dag", "seconds": {str(k): round(v, 2) for k, v in seconds.items()},
-                      "size_ratio": large / small, "time_ratio": round(seconds[large] / seconds[small], 2)}))
+                      "cpu_seconds": {str(k): round(v, 2) for k, v in cpu.items()},
+                      "jobs": {str(k): v for k, v in jobs.items()}, "size_ratio": large / small,
+                      "time_ratio": round(seconds[large] / seconds[small], 2),
+                      "cpu_ratio": round(cpu[large] / cpu[small], 2)}))
 
 
 if __name__ == "__main__":
