@@ -25,6 +25,7 @@ from slidemil.store import open_tiles
 # slide id -> (how the file is made, a word the one-line reason must contain)
 BAD = {
     "truncated": "first 40% of a pyramidal TIFF",
+    "truncsvs": "the real Aperio SVS of ../shared/data cut at 70% (first directory intact, the rest gone)",
     "corrupt": "pyramidal TIFF whose JPEG tiles are zeroed after 100 bytes",
     "textfile": "a text file named .svs",
     "emptyfile": "a file of 0 bytes",
@@ -32,7 +33,8 @@ BAD = {
     "baddicom": "the malformed DICOM of ../shared/data",
 }
 REASON = {
-    "truncated": r"not a slide format|truncated|corrupt",
+    "truncated": r"truncated or damaged TIFF: the TIFF header is readable but .*re-copy the file",
+    "truncsvs": r"truncated or damaged Aperio SVS: the TIFF header is readable but .*re-copy the file",
     "corrupt": r"truncated or corrupt",
     "textfile": r"not a slide format",
     "emptyfile": r"file is empty",
@@ -73,11 +75,16 @@ def bad_slides(tmp_path_factory) -> dict[str, Path]:
     for sid, name in SHARED_BAD.items():
         if (SHARED_DATA / name).exists():  # tests that need it skip (with the reason) when it is absent
             paths[sid] = d / name
-            paths[sid].symlink_to(SHARED_DATA / name)
+            if sid == "truncsvs":
+                data = (SHARED_DATA / name).read_bytes()
+                paths[sid].write_bytes(data[: int(len(data) * 0.7)])
+            else:
+                paths[sid].symlink_to(SHARED_DATA / name)
     return paths
 
 
-SHARED_BAD = {"nompp": "tcga-cr-7395-01a-01-ts1.svs", "baddicom": "malformed_dicom_TCGA-XK-AAJU.dcm"}
+SHARED_BAD = {"nompp": "tcga-cr-7395-01a-01-ts1.svs", "baddicom": "malformed_dicom_TCGA-XK-AAJU.dcm",
+              "truncsvs": "CMU-1-Small-Region.svs"}
 
 
 def _need(paths: dict[str, Path], sid: str) -> Path:
@@ -163,6 +170,58 @@ def test_decode_error_during_tiling_is_caught_too(bad_slides, tmp_path, monkeypa
     assert cli.main([*argv, "--on-slide-error", "skip"]) == 0
     g = open_tiles(tmp_path / "tiles/c0.zarr")
     assert g.attrs["status"] == "failed" and "Premature end of JPEG" in g.attrs["reason"] and g["tiles"].shape[0] == 0
+
+
+# Runs mask + tile in this child and prints the peak memory above what the imports took (VmHWM -
+# VmRSS before the stages), so the figure is the stages' own, whatever the interpreter costs.
+_MEASURED_CHILD = """
+import json, sys
+def status(key):
+    return next(int(ln.split()[1]) for ln in open("/proc/self/status") if ln.startswith(key + ":")) * 1024
+import imagecodecs, numpy, openslide, pyvips, scipy.ndimage, tqdm, zarr
+from PIL import Image
+import slidemil.store, slidemil.tiling, slidemil.tissue
+from slidemil import cli
+base = status("VmRSS")
+slide, out = sys.argv[1:3]
+a = ["--slide", slide, "--slide-id", "plain", "--on-slide-error", "fail"]
+rc = [cli.main(["mask", *a, "--out", out + "/m.png", "--qc", out + "/qc_m.png"]),
+      cli.main(["tile", *a, "--params", sys.argv[3], "--mask", out + "/m.png", "--mask-qc", out + "/qc_m.png",
+                "--out", out + "/t.zarr", "--qc", out + "/qc_t.png"])]
+print(json.dumps({"rc": rc, "peak_mib": (status("VmHWM") - base) / 2**20}))
+"""
+
+
+def test_plain_striped_tiff_is_masked_and_tiled_with_bounded_memory(small_slide, tmp_path):
+    """A plain striped LZW TIFF (no tiles, no pyramid; OpenSlide refuses it) of 4608 x 16384 px,
+    216 MiB decoded, is masked and tiled by a process whose memory grows by less than 160 MiB, so
+    it is never read whole; its tiles are the source's pixels (JPEG-close) at the right places."""
+    import pyvips
+
+    bound_mib = 160
+    path = tmp_path / "plain.tif"
+    level0 = pyvips.Image.new_from_file(str(small_slide[0]))  # 1536 x 1024 at 0.5 mpp, real texture
+    level0.replicate(3, 16).tiffsave(str(path), compression="lzw", xres=2000.0, yres=2000.0, resunit="cm")
+    source = pyvips.Image.new_from_file(str(path), access="random")
+    assert (source.width, source.height, source.get("vips-loader")) == (4608, 16384, "tiffload")
+    assert source.width * source.height * 3 / 2**20 > bound_mib  # whole, it would not fit the bound
+    proc = subprocess.run([sys.executable, "-c", _MEASURED_CHILD, str(path), str(tmp_path),
+                           '{"target_mpp": 0.5, "tile_size": 256}'], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["rc"] == [0, 0], proc.stderr
+    assert result["peak_mib"] < bound_mib, result
+    meta = json.loads((tmp_path / "m.json").read_text())
+    assert meta["status"] == "ok" and meta["slide_mpp"] == 0.5 and meta["mpp_source"] == "metadata"
+    g = open_tiles(tmp_path / "t.zarr")
+    assert g.attrs["status"] == "ok" and g.attrs["level"] == 0 and g.attrs["slide_mpp"] == 0.5
+    n = g["tiles"].shape[0]
+    assert n > 300 and g["tiles"].shape[1:] == (256, 256, 3)  # about half of the 18 x 64 grid is tissue
+    coords = g["coords"][:]
+    for i in np.linspace(0, n - 1, 8).astype(int):
+        x, y = (int(v) for v in coords[i])
+        want = np.ndarray(buffer=source.crop(x, y, 256, 256).write_to_memory(), dtype=np.uint8, shape=(256, 256, 3))
+        assert np.abs(g["tiles"][i].astype(int) - want).mean() < 4, (i, x, y)
 
 
 def test_target_finer_than_scan_fails_the_slide_not_the_cohort(tmp_path):
