@@ -215,6 +215,7 @@ def test_plain_striped_tiff_is_masked_and_tiled_with_bounded_memory(small_slide,
     assert meta["status"] == "ok" and meta["slide_mpp"] == 0.5 and meta["mpp_source"] == "metadata"
     g = open_tiles(tmp_path / "t.zarr")
     assert g.attrs["status"] == "ok" and g.attrs["level"] == 0 and g.attrs["slide_mpp"] == 0.5
+    assert g.attrs["reader"] == "libvips"
     n = g["tiles"].shape[0]
     assert n > 300 and g["tiles"].shape[1:] == (256, 256, 3)  # about half of the 18 x 64 grid is tissue
     coords = g["coords"][:]

@@ -11,7 +11,8 @@ resampling: 20x from a 40x scan costs about the JPEG decode of the 40x tiles); a
 exactly one source tile is stored as that JPEG (no decode, no re-encode); every other tile is
 encoded once, and shards are written whole by store.write_tile_shard (zarr's per-chunk pipeline
 cost more than the encoding). Other formats (JPEG 2000 SVS, NDPI, MRXS, DICOM, ...) go through
-OpenSlide, a strip of tiles per call. `threads` shards are tiled in parallel; the store does not
+OpenSlide, a strip of tiles per call, and plain images OpenSlide refuses (striped TIFF, PNG) through
+libvips (slide.VipsSlide) the same way. `threads` shards are tiled in parallel; the store does not
 depend on it.
 """
 
@@ -27,8 +28,8 @@ import numpy as np
 import zarr
 
 from slidemil import __version__
-from slidemil.slide import (MPP_TOLERANCE, ReadPlan, SlideError, TiledJpegLevel, open_slide, open_tiled_jpeg_level,
-                            plan_read, rgba_to_rgb, slide_mpp)
+from slidemil.slide import (MPP_TOLERANCE, ReadPlan, SlideError, TiledJpegLevel, VipsSlide, open_slide,
+                            open_tiled_jpeg_level, plan_read, rgba_to_rgb, slide_mpp)
 from slidemil.files import atomic_path
 from slidemil.store import create_tile_arrays, write_index_arrays, write_tile_shard
 
@@ -293,7 +294,8 @@ def tile_slide(slide_path: str | Path, mask_png: str | Path, out: str | Path, pa
         "target_mpp": params.target_mpp, "tile_size": params.tile_size, "stride": params.tile_size,
         "tile_size_level0": step0, "level": plan.level, "level_downsample": plan.level_downsample,
         "resize_scale": plan.scale, "width": slide.dimensions[0], "height": slide.dimensions[1],
-        "reader": "tiff-jpeg" if reader is not slide else "openslide", "decode_denom": denom,
+        "reader": "tiff-jpeg" if reader is not slide else "libvips" if isinstance(slide, VipsSlide) else "openslide",
+        "decode_denom": denom,
         "resample_scale": scale, "n_tiles": len(grid), "status": "ok" if len(grid) else "empty",
         "params": asdict(params), "slidemil_version": __version__,
     }
