@@ -123,7 +123,8 @@ def test_clam_and_trident_read_back_the_stored_tiles(levels_1_4_16, tmp_path, ta
     assert isinstance(a["custom_downsample"], np.integer)  # CLAM's `patch_size // custom_downsample` feeds PIL
     assert a["patch_size_level0"] == round(32 * target_mpp / 0.5) and a["target_mpp"] == target_mpp
     # TRIDENT reads patch_size px at target_magnification from level 0: the same field of view
-    assert a["patch_size"] * a["level0_magnification"] / a["target_magnification"] == pytest.approx(a["patch_size_level0"])
+    trident_level0 = a["patch_size"] * a["level0_magnification"] / a["target_magnification"]
+    assert trident_level0 == pytest.approx(a["patch_size_level0"])
     g = open_tiles(store)
     wsi = open_slide(slide)
     assert n >= 8

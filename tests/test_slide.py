@@ -145,12 +145,15 @@ def test_plain_striped_tiff_opens_with_libvips_and_reads_like_openslide(tmp_path
     assert s.get_thumbnail((50, 50)).size == (50, 38)
 
 
-@pytest.mark.parametrize("res, why", [({}, "no resolution tags"),
-                                      ({"xres": 72 / 25.4, "yres": 72 / 25.4, "resunit": "inch"}, r"72 dpi \(352.8 um/px\)")])
+DPI72 = {"xres": 72 / 25.4, "yres": 72 / 25.4, "resunit": "inch"}  # an image tool's default
+
+
+@pytest.mark.parametrize("res, why", [({}, "no resolution tags"), (DPI72, r"72 dpi \(352.8 um/px\)")])
 def test_plain_tiff_without_a_scan_resolution_needs_the_sheet_mpp(tmp_path, res, why):
     path = _plain_tiff(tmp_path / "nores.tif", np.full((64, 64, 3), 200, np.uint8), **res)
     s = open_slide(path)
-    with pytest.raises(SlideError, match=rf"^{re.escape(str(path))}: no microns-per-pixel .*{why}.*`mpp` column of samples.tsv"):
+    want = rf"^{re.escape(str(path))}: no microns-per-pixel .*{why}.*`mpp` column of samples.tsv"
+    with pytest.raises(SlideError, match=want):
         slide_mpp(s, path)
     assert slide_mpp(s, path, 0.5) == 0.5
 

@@ -142,7 +142,8 @@ def tiff_damage(path: str | Path) -> tuple[str, str] | None:
                 offsets = _tiff_ints(f, order, word, tags[off_tag], size)
                 counts = _tiff_ints(f, order, word, tags[cnt_tag], size)
                 if offsets is None or counts is None or len(offsets) != len(counts):
-                    return kind, f"{where} has a damaged table of strip or tile offsets, or one beyond the end of the file ({size} bytes)"
+                    return kind, (f"{where} has a damaged table of strip or tile offsets, or one beyond the end "
+                                  f"of the file ({size} bytes)")
                 ends = offsets.astype(np.uint64) + counts.astype(np.uint64)
                 if len(ends) and int(ends.max()) > size:
                     cut = int((ends > size).sum())
