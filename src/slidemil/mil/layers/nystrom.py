@@ -4,8 +4,10 @@ Same arithmetic as lucidrains/nystrom-attention 0.0.9 (the package TransMIL impo
 sequence is zero-padded at the front to a multiple of m landmarks; landmarks are segment means of
 q and k; softmax(Q K~^T) pinv(softmax(Q~ K~^T)) softmax(Q~ K^T) V with the pseudo-inverse from 6
 Moore-Penrose iterations; plus a depthwise Conv over the sequence of values (kernel 33) as the
-residual. The n x m attention is formed in blocks of query rows that are recomputed in backward,
-so memory is O(n d + m n) per head (attn3 is m x n) and a bag of 50,000 tiles fits on a CPU.
+residual. The n x m attention is formed in blocks of query rows, and the m x n landmark attention
+(attn3) one head at a time, each recomputed in backward rather than stored: neither exists whole,
+so memory is O(n d + m n / h) (a 10,000-tile layer holds 10 MB of attn3, not 80 MB + its gradient),
+and a bag of 50,000 tiles fits on a CPU.
 """
 
 from __future__ import annotations
@@ -26,6 +28,14 @@ def _rows(q: torch.Tensor, k_l: torch.Tensor, pinv: torch.Tensor, kv: torch.Tens
     return (torch.softmax(q @ k_l.transpose(-1, -2), dim=-1) @ pinv) @ kv
 
 
+def _landmark_rows(q_l: torch.Tensor, k: torch.Tensor, v: torch.Tensor, left: torch.Tensor | None
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """attn3 = softmax(q_l k^T) for a slice of heads (q_l [B, h', m, d], k, v [B, h', n, d]) ->
+    (attn3 v [B, h', m, d], left attn3 [B, h', 1, n] or None for left [B, h', 1, m] or None)."""
+    attn3 = torch.softmax(q_l @ k.transpose(-1, -2), dim=-1)
+    return attn3 @ v, (left @ attn3 if left is not None else None)
+
+
 def sequence_conv(v: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Depthwise conv along the sequence, = Conv2d(h, h, (k, 1), padding=(k // 2, 0), groups=h, bias=False)
     with `weight` [h, 1, k, 1], as a sum of k shifted copies: the CPU Conv2d unfolds [h, k, n, d]
@@ -35,8 +45,8 @@ def sequence_conv(v: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     padded = F.pad(v, (0, 0, k // 2, k // 2))
     w = weight[:, 0, :, 0]  # [h, k]
     out = padded[:, :, 0:n] * w[None, :, 0, None, None]
-    for j in range(1, k):
-        out = out + padded[:, :, j:j + n] * w[None, :, j, None, None]
+    for j in range(1, k):  # in place: one temporary per term, not two (same sums, same order)
+        out.add_(padded[:, :, j:j + n] * w[None, :, j, None, None])
     return out
 
 
@@ -80,19 +90,28 @@ class NystromAttention(nn.Module):
         q_l = q.reshape(b, h, m, seg, -1).sum(3) / seg  # [B, h, m, d]
         k_l = k.reshape(b, h, m, seg, -1).sum(3) / seg
         attn2 = torch.softmax(q_l @ k_l.transpose(-1, -2), dim=-1)  # [B, h, m, m]
-        attn3 = torch.softmax(q_l @ k.transpose(-1, -2), dim=-1)  # [B, h, m, n']
         pinv = moore_penrose_pinv(attn2, self.iters)
-        kv = attn3 @ v  # [B, h, m, d]
+        left = None  # the row of token `query_index` in softmax(Q K~^T) pinv [B, h, 1, m]
+        if query_index is not None:
+            qi = q[:, :, pad + query_index: pad + query_index + 1]  # [B, h, 1, d]
+            left = torch.softmax(qi @ k_l.transpose(-1, -2), dim=-1) @ pinv
+        grad = torch.is_grad_enabled() and q.requires_grad
+        # attn3 = softmax(Q~ K^T) [B, h, m, n'] one head at a time, recomputed in backward (same
+        # arithmetic per head): kv = attn3 V [B, h, m, d] and the query row left attn3 [B, h, 1, n'].
+        kv_parts, row_parts = [], []
+        for i in range(h):
+            args = (q_l[:, i:i + 1], k[:, i:i + 1], v[:, i:i + 1], None if left is None else left[:, i:i + 1])
+            kv_i, row_i = checkpoint(_landmark_rows, *args, use_reentrant=False) if grad else _landmark_rows(*args)
+            kv_parts.append(kv_i)
+            row_parts.append(row_i)
+        kv = torch.cat(kv_parts, dim=1)
         # (softmax(Q K~^T) pinv) (attn3 V) by blocks of query rows, each recomputed in backward rather
         # than stored: the [n', m] attention never exists whole (same arithmetic, row by row).
-        grad = torch.is_grad_enabled() and q.requires_grad
         blocks = [checkpoint(_rows, q[:, :, lo:lo + ROWS], k_l, pinv, kv, use_reentrant=False) if grad
                   else _rows(q[:, :, lo:lo + ROWS], k_l, pinv, kv) for lo in range(0, q.shape[2], ROWS)]
         out = torch.cat(blocks, dim=2) + sequence_conv(v, self.res_conv.weight)  # [B, h, n', d]
         out = self.to_out(out.transpose(1, 2).reshape(b, out.shape[2], -1))[:, -n:]
         row = None
-        if query_index is not None:
-            qi = q[:, :, pad + query_index: pad + query_index + 1]  # [B, h, 1, d]
-            left = torch.softmax(qi @ k_l.transpose(-1, -2), dim=-1) @ pinv  # [B, h, 1, m]
-            row = (left @ attn3)[:, :, 0, pad:].mean(1)  # [B, n]
+        if left is not None:
+            row = torch.cat(row_parts, dim=1)[:, :, 0, pad:].mean(1)  # [B, n]
         return out, row
