@@ -169,3 +169,85 @@ def test_mined_pairs_plan_steps_a_then_b_after_warm_up(fold):
             assert pl.labels[sid] == 1 and scores[sid][tile] > p.pos_threshold
     pos_b = ds.plan[b: 2 * b][ds.plan[b: 2 * b, 2] % 2 == 1]
     assert len(pos_b) == max(1, round(b * p.pos_query_fraction))  # step B: few self-paced positives
+
+
+def test_mining_evidence_counts_mined_negatives_inside_mimics(fold):
+    from slidemil.hnm import mining_evidence
+
+    root, tiles = fold
+    train = [f"s{i}" for i in range(6)]
+    # mimics: the first grid column (tile centres x = 8) of every slide; those tiles score highest
+    square = [[[0, 0], [16, 0], [16, 64], [0, 64], [0, 0]]]
+    geo = {"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {"classification": "mimic"},
+                                                      "geometry": {"type": "Polygon", "coordinates": square}}]}
+    (root / "mimic.geojson").write_text(json.dumps(geo))
+    col0 = np.arange(12) % 4 == 0
+    scores = {s: np.where(col0, 0.9, 0.1).astype(np.float32) for s in train}
+    d = root / "fold0" / "round1"
+    PseudoLabels(scores, {s: LABELS[s] for s in train}, 1).save(d / "pseudo_labels.npz")
+    (d / "gate.json").write_text(json.dumps({"accepted": True, "val_metric": 0.5}))
+    table = mining_evidence([(0, 1, d)], {s: tiles[i] for i, s in enumerate(LABELS)},
+                            {s: str(root / "mimic.geojson") for s in train}, {}, HNMParams(base="b", neg_ratio=0.25))
+    row = table[table["fold"] == 0].iloc[0]
+    assert row["n_negative_tiles"] == 36 and row["n_mimic_tiles"] == 9 and row["n_mined"] == 9
+    assert row["mined_in_mimic"] == 1.0 and row["mimic_base_rate"] == 0.25 and row["enrichment"] == 4.0
+    assert table[table["fold"] == "all"].iloc[0]["n_mined"] == 9
+
+
+# --- the loop in the workflow ------------------------------------------------------------------
+
+
+def _enable_hnm(workdir, rounds: int) -> None:
+    from test_workflow import _tiny_config
+
+    path = _tiny_config(workdir)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["hnm"]["simclr-hnm"].update(enabled=True, rounds=rounds, epochs=2, warmup_epochs=1, batch_size=16,
+                                    tiles_per_epoch=32, mil={"epochs": 3})
+    path.write_text(yaml.safe_dump(cfg))
+
+
+@pytest.mark.e2e
+def test_rounds_resume_and_only_new_rounds_run(finished_run):
+    """Round 1 runs; raising `rounds` to 2 plans round 2 only (one mine + one fine-tune per fold, and
+    the re-embedding, MIL and heatmaps of the new encoder), never round 1 again; the benchmark gets a
+    row per round and model, the claims row compares each round with round 0, mining.csv a row per
+    fold and round."""
+    from test_workflow import _tiny_config, planned_jobs, snakemake
+
+    try:
+        _enable_hnm(finished_run, rounds=1)
+        jobs = planned_jobs(finished_run)
+        assert jobs.get("hnm_mine") == 2 and jobs.get("hnm_finetune") == 2 and jobs.get("embed_fold") == 2 * 8, jobs
+        assert "pretrain" not in jobs  # the base encoder (round 0) is done
+        snakemake(finished_run)
+        first = {p: p.stat().st_mtime_ns for p in (finished_run / "results" / "hnm").rglob("*") if p.is_file()
+                 and "round1" in str(p)}
+        _enable_hnm(finished_run, rounds=2)
+        jobs = planned_jobs(finished_run)
+        assert jobs.get("hnm_mine") == 2 and jobs.get("hnm_finetune") == 2, jobs  # round 2 of each fold only
+        assert jobs.get("embed_fold") == 2 * 8 and jobs.get("mil") == 2 * 2 * 2, jobs  # 1 new encoder x folds x ...
+        dry = snakemake(finished_run, "-n").stdout
+        assert "round1" not in dry.replace("round1/gate.json", "").replace("round1/pseudo_labels.npz", "")
+        snakemake(finished_run)
+        assert all(p.stat().st_mtime_ns == t for p, t in first.items())  # round 1 untouched
+        results = finished_run / "results"
+        bench = pd.read_csv(results / "benchmark.csv")
+        assert {"simclr-hnm-r1", "simclr-hnm-r2"} <= set(bench["encoder"])
+        assert len(bench[bench["encoder"] == "simclr-hnm-r2"]) == 2  # one row per MIL model
+        claims = pd.read_csv(results / "claims.csv")
+        hnm = claims[claims["claim"] == "hnm_rounds_beat_round0"]
+        assert set(zip(hnm["a_encoder"], hnm["b_encoder"])) == {("simclr-hnm-r1", "simclr-spatial"),
+                                                                ("simclr-hnm-r2", "simclr-spatial")}
+        assert hnm["auc_diff"].notna().all()
+        mining = pd.read_csv(results / "hnm" / "simclr-hnm" / "mining.csv")
+        per_fold = mining[mining["fold"].astype(str) != "all"]
+        assert sorted(zip(per_fold["fold"].astype(int), per_fold["round"])) == [(0, 1), (0, 2), (1, 1), (1, 2)]
+        assert (mining["n_mined"] > 0).all() and (mining["n_mined"] < mining["n_negative_tiles"]).all()
+        pooled = mining[mining["fold"].astype(str) == "all"].set_index("round")
+        assert pooled.loc[1, "n_mined"] == per_fold.loc[per_fold["round"] == 1, "n_mined"].sum()
+        gate = json.loads((results / "hnm" / "simclr-hnm" / "fold0" / "round2" / "gate.json").read_text())
+        assert gate["labels_from_round"] == (2 if gate["accepted"] else 1)
+        assert (finished_run / "results" / "encoders" / "simclr-hnm-r2" / "fold1" / "checkpoints" / "last.pt").exists()
+    finally:
+        _tiny_config(finished_run)

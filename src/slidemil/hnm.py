@@ -425,6 +425,7 @@ def mining_evidence(rounds: list[tuple[int, int, str | Path]], tiles: dict[str, 
     training slides with a mimic annotation: the fraction of mined hard negatives whose centre lies in
     a mimic, against the base rate (mimic tiles among all their tiles), and the ratio (enrichment);
     also the fraction of pseudo-positives (above the threshold) inside tumour where annotated.
+    Last, one row per round with fold "all": the counts summed over the folds.
     """
     import pandas as pd
     import zarr
@@ -454,12 +455,21 @@ def mining_evidence(rounds: list[tuple[int, int, str | Path]], tiles: dict[str, 
         mined_mimic = sum(int((neg[s] & inside(s, mimics[s])).sum()) for s in neg_ids)
         n_pos = sum(int(pos[s].sum()) for s in pos_ids)
         pos_tumour = sum(int((pos[s] & inside(s, tumours[s])).sum()) for s in pos_ids)
-        base = n_mimic / n_tiles if n_tiles else float("nan")
-        frac = mined_mimic / n_mined if n_mined else float("nan")
         rows.append({"fold": fold, "round": t, "accepted": g["accepted"], "labels_from_round": pl.round,
                      "val_metric": g["val_metric"], "n_negative_slides": len(neg_ids), "n_negative_tiles": n_tiles,
                      "n_mimic_tiles": n_mimic, "n_mined": n_mined, "n_mined_in_mimic": mined_mimic,
-                     "mined_in_mimic": frac, "mimic_base_rate": base,
-                     "enrichment": frac / base if n_mined and base else float("nan"),
-                     "n_pseudo_positive": n_pos, "pseudo_positive_in_tumour": pos_tumour / n_pos if n_pos else float("nan")})
-    return pd.DataFrame(rows)
+                     "n_pseudo_positive": n_pos, "n_pseudo_positive_in_tumour": pos_tumour})
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    counts = ["n_negative_slides", "n_negative_tiles", "n_mimic_tiles", "n_mined", "n_mined_in_mimic",
+              "n_pseudo_positive", "n_pseudo_positive_in_tumour"]
+    pooled = table.groupby("round", as_index=False)[counts].sum()  # each round over the folds
+    pooled["fold"] = "all"
+    table = pd.concat([table.astype({"fold": object}), pooled], ignore_index=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        table["mined_in_mimic"] = table["n_mined_in_mimic"] / table["n_mined"]
+        table["mimic_base_rate"] = table["n_mimic_tiles"] / table["n_negative_tiles"]
+        table["enrichment"] = table["mined_in_mimic"] / table["mimic_base_rate"]
+        table["pseudo_positive_in_tumour"] = table["n_pseudo_positive_in_tumour"] / table["n_pseudo_positive"]
+    return table
