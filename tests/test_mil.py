@@ -185,6 +185,21 @@ def test_mil_config_blocks_checked_against_constructors():
         check_mil_config({"models": {"dsmil": {"mirank": True}}}, n_classes=3)
 
 
+def test_mil_grid_limits_a_run_to_its_encoders_without_changing_its_params():
+    from slidemil.mil.params import check_mil_config, mil_grid
+
+    encoders = ["rand", "simclr", "weaksupcon"]
+    mil = {"epochs": 2, "models": {"abmil": {}, "transmil": {"encoders": ["weaksupcon", "rand"]}}}
+    assert mil_grid(mil, encoders) == {"abmil": encoders, "transmil": ["rand", "weaksupcon"]}
+    # the encoder list is not a training parameter: editing it must not rerun the run's jobs
+    runs = check_mil_config(mil)
+    assert runs["transmil"] == check_mil_config({"epochs": 2, "models": {"transmil": {}}})["transmil"]
+    with pytest.raises(ValueError, match=r"transmil.encoders: \['dino'\] are not encoders"):
+        mil_grid({"models": {"transmil": {"encoders": ["dino"]}}}, encoders)
+    with pytest.raises(ValueError, match="a list of encoder names"):
+        mil_grid({"models": {"transmil": {"encoders": "rand"}}}, encoders)
+
+
 def test_dsmil_with_mirank_trains_on_positive_negative_pairs(monkeypatch):
     import slidemil.mil.train as train
 

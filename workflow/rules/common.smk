@@ -15,7 +15,7 @@ sys.path.insert(0, str(SRC))  # the sheet checks below are slidemil's own (src/s
 from slidemil.codeversion import code_version as _code_version  # noqa: E402
 from slidemil.jobs import slide_batches  # noqa: E402
 from slidemil.samples import check_sheet, read_sheet  # noqa: E402
-from slidemil.mil.params import check_mil_config  # noqa: E402
+from slidemil.mil.params import check_mil_config, mil_grid  # noqa: E402
 
 validate(config, schema="../schemas/config.schema.yaml")
 MIL_RUNS = check_mil_config(config["mil"], n_classes=len(config["classes"]))  # run -> params JSON, checked
@@ -74,6 +74,7 @@ def hnm_base_entry(run: str, fold) -> dict:
 
 
 ALL_ENCODERS = [*ENCODERS, *FOLD_ENCODERS]  # every encoder of the benchmark
+MIL_GRID = mil_grid(config["mil"], ALL_ENCODERS)  # MIL run -> the encoders it is trained on
 EMBED_PER_JOB = config["embed"].get("slides_per_job", 1)
 EMBED_BATCHES = slide_batches(SLIDES, EMBED_PER_JOB)
 
@@ -128,8 +129,9 @@ SEEDS = config.get("seeds", [config["seed"]])
 
 
 def all_predictions() -> list[str]:
-    return expand("results/mil/{encoder}/{model}/fold{fold}/seed{seed}/predictions.csv", encoder=ALL_ENCODERS,
-                  model=config["mil"]["models"], fold=range(N_FOLDS), seed=SEEDS)
+    return [f"results/mil/{encoder}/{model}/fold{fold}/seed{seed}/predictions.csv"
+            for model, encoders in MIL_GRID.items() for encoder in encoders
+            for fold in range(N_FOLDS) for seed in SEEDS]
 
 
 def export_inputs(wildcards) -> dict[str, str]:
@@ -181,8 +183,8 @@ def annotations_arg() -> str:
 
 def all_outputs() -> list[str]:
     return ["results/benchmark.csv", "results/qc/cohort.tsv",
-            *expand("results/heatmaps/{encoder}/{model}/instance_metrics.csv", encoder=ALL_ENCODERS,
-                    model=config["mil"]["models"]),
+            *(f"results/heatmaps/{encoder}/{model}/instance_metrics.csv"
+              for model, encoders in MIL_GRID.items() for encoder in encoders),
             *expand("results/graphs/{slide}.npz", slide=SLIDES)]
 
 

@@ -6,6 +6,7 @@
         abmil: {hidden: 64}                       # constructor parameters
         dsmil: {mirank: true, lr: 0.0002}         # training keys override the top level
         srmil_plain: {model: srmil, w_gen: 0, mask_rate: 0}   # a second run of a model, by alias
+        transmil: {encoders: [resnet18_rand]}     # trained on these encoders' features only
       epochs: 40          # training keys: defaults for every model
       lr: 0.0005
       weight_decay: 0.0001
@@ -13,7 +14,10 @@
 
 A block's name is the run's name (the {model} of results/mil/{encoder}/{model}/...); it is a
 registered model, or `model:` names one. A block holds that model's constructor parameters
-(slidemil.mil.models, `build_mil`) and any training key (TRAIN_DEFAULTS). `models` may also be a
+(slidemil.mil.models, `build_mil`) and any training key (TRAIN_DEFAULTS); `encoders:` limits the
+run to some encoders (default: every encoder), so a benchmark can run the whole zoo on a few
+encoders and a few models on every encoder instead of the full product. It is not a training
+parameter: changing it adds or drops jobs and reruns none. `models` may also be a
 plain list of names (all defaults). The registry is the only list of models: the config schema
 does not repeat it. Snakemake merges nested dicts of a second config file into the first, so a
 cohort file that gives `models` as a dict adds to the default's models; a list replaces them.
@@ -41,8 +45,28 @@ def run_params(mil: dict[str, Any], name: str) -> dict[str, Any]:
     """The flat params of run `name` (+ `device`, and `model`: the registered model it trains):
     top-level keys overridden by the run's block."""
     top = {k: v for k, v in mil.items() if k != "models"}
-    block = model_blocks(mil).get(name, {})
+    block = {k: v for k, v in model_blocks(mil).get(name, {}).items() if k != "encoders"}
     return {**top, **block, "model": block.get("model", name)}
+
+
+def mil_grid(mil: dict[str, Any], encoders: list[str]) -> dict[str, list[str]]:
+    """{run: the encoders it is trained on}: the block's `encoders` (in `encoders`' order), else all.
+
+    Raises ValueError naming the run when it lists an encoder the config does not have."""
+    grid = {}
+    for run, block in model_blocks(mil).items():
+        chosen = block.get("encoders")
+        if chosen is None:
+            grid[run] = list(encoders)
+            continue
+        if isinstance(chosen, str) or not isinstance(chosen, (list, tuple)):
+            raise ValueError(f"config mil.models.{run}.encoders: a list of encoder names, got {chosen!r}")
+        unknown = sorted(set(map(str, chosen)) - set(encoders))
+        if unknown:
+            raise ValueError(f"config mil.models.{run}.encoders: {unknown} are not encoders of this config "
+                             f"(encoders and pretrain entries: {list(encoders)})")
+        grid[run] = [e for e in encoders if e in set(map(str, chosen))]
+    return grid
 
 
 def check_mil_config(mil: dict[str, Any], n_classes: int = 2) -> dict[str, str]:
@@ -66,6 +90,7 @@ def check_mil_config(mil: dict[str, Any], n_classes: int = 2) -> dict[str, str]:
                          f"the model's block under mil.models; training keys: {sorted(TRAIN_DEFAULTS)}")
     for run, block in blocks.items():
         name = str(block.pop("model", run))
+        block.pop("encoders", None)
         if name not in MIL_MODELS:
             raise ValueError(f"config mil.models.{run}: unknown model {name!r}; registered: {sorted(MIL_MODELS)}")
         accepted = model_params(name)
