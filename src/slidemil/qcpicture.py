@@ -94,10 +94,7 @@ def legend_entries(meta: dict[str, Any], n_tiles: int | None = None) -> list[tup
 
 def legend_strip(width: int, entries: list[tuple[str, str]], title: str) -> np.ndarray:
     """A white strip [h, width, 3] uint8 with `title` and one swatch per (colour name, label)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global state, no display
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
