@@ -141,13 +141,20 @@ def resolve_device(device: str) -> torch.device:
 
 @contextmanager
 def deterministic(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed torch and switch on deterministic kernels, restoring the global setting afterwards."""
-    if device.type == "cuda":
-        # cuBLAS needs a fixed workspace for reproducible matmuls (set before the first cuBLAS call).
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    """Seed torch; on CUDA also switch on deterministic kernels, restoring the global setting afterwards.
+
+    The CPU kernels MIL uses are deterministic already, and the switch imports torch._inductor
+    (3-7 s, more than a demo model's whole training), so CPU jobs skip it; tests pin that two CPU
+    runs with one seed give identical weights and predictions.
+    """
+    torch.manual_seed(seed)
+    if device.type != "cuda":
+        yield
+        return
+    # cuBLAS needs a fixed workspace for reproducible matmuls (set before the first cuBLAS call).
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     was_on = torch.are_deterministic_algorithms_enabled()
     was_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.manual_seed(seed)
     # warn_only: an op without a deterministic kernel warns instead of killing the run.
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
