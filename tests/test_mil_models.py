@@ -222,3 +222,17 @@ def test_srmil_uses_the_workflow_graph_when_radius_matches_else_builds_radius_2(
     assert bag.neighbours(2) is bag.graph
     with pytest.raises(ValueError, match="grid"):
         SRMIL(D, 2)(Bag(torch.randn(4, D)))
+
+
+def test_tune_heap_is_importable_before_torch_and_fixes_the_mmap_threshold():
+    """slidemil.heap must not import torch (torch reads THP_MEM_ALLOC_ENABLE at its first allocation,
+    so the `mil` command tunes the heap before importing it); glibc must take the threshold."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, sys; from slidemil.heap import tune_heap; ok = tune_heap(); "
+            "print(ok, os.environ.get('THP_MEM_ALLOC_ENABLE'), 'torch' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["True", "1", "False"], out.stdout + out.stderr

@@ -106,6 +106,9 @@ def cmd_folds(a: argparse.Namespace) -> None:
 
 
 def cmd_mil(a: argparse.Namespace) -> None:
+    from slidemil.heap import tune_heap
+
+    tune_heap()  # allocator settings that keep peak RSS near the live tensors; before torch is imported
     from slidemil.mil.params import run_params
     from slidemil.mil.train import run_fold
 
