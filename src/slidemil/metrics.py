@@ -13,10 +13,18 @@ import warnings
 from typing import Callable
 
 import numpy as np
-from scipy.stats import rankdata
-from sklearn.metrics import balanced_accuracy_score, f1_score
 
 Metric = Callable[[np.ndarray, np.ndarray], float]
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing their mean rank (scipy's rankdata 'average', without importing
+    scipy.stats: every MIL job computes a validation AUC per epoch, and that import costs seconds)."""
+    order = np.argsort(x, kind="mergesort")
+    _, first, counts = np.unique(x[order], return_index=True, return_counts=True)
+    ranks = np.empty(len(x), dtype=np.float64)
+    ranks[order] = np.repeat(first + (counts + 1) / 2, counts)
+    return ranks
 
 
 def auc_binary(y_true: np.ndarray, score: np.ndarray) -> float:
@@ -30,7 +38,7 @@ def auc_binary(y_true: np.ndarray, score: np.ndarray) -> float:
     n_neg = y.size - n_pos
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    ranks = rankdata(np.asarray(score, dtype=np.float64).ravel())
+    ranks = _average_ranks(np.asarray(score, dtype=np.float64).ravel())
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
@@ -63,6 +71,8 @@ def label_metrics(y_true: np.ndarray, pred: np.ndarray, n_classes: int = 2) -> d
     macro F1, balanced accuracy = mean recall, sensitivity/specificity nan (no single positive
     class).
     """
+    from sklearn.metrics import balanced_accuracy_score, f1_score  # imports scipy: only where used
+
     y = np.asarray(y_true).astype(int).ravel()
     pred = np.asarray(pred).astype(int).ravel()
     nan = float("nan")
