@@ -172,11 +172,12 @@ def heatmap_fold_dirs(wildcards) -> str:
 
 def annotations_arg() -> str:
     """Slide -> tumour annotation (sheet column `annotation`, or the demo's GeoJSON), as JSON."""
+    sheet = dict(zip(SLIDES, SAMPLES["annotation"])) if "annotation" in SAMPLES.columns else {}
     ann = {}
     for sid in SLIDES:
-        if "annotation" in SAMPLES.columns and isinstance(SAMPLES.loc[sid, "annotation"], str):
-            ann[sid] = SAMPLES.loc[sid, "annotation"]
-        elif SAMPLES.loc[sid, "path"] in _generated:
+        if isinstance(sheet.get(sid), str):
+            ann[sid] = sheet[sid]
+        elif SLIDE_PATHS[sid] in _generated:
             ann[sid] = f"results/demo/annotations/{sid}.geojson"
     return as_arg(ann)
 
