@@ -1,11 +1,12 @@
 # `make demo`: set up .venv when missing or older than pyproject.toml, then run the demo workflow.
 # `make test`: the same set-up, then the test suite.
+# `make zoo`: the demo plus every MIL model (config/zoo.yaml) on the demo's features, in results/.
 # `make benchmark`: the full benchmark (config/benchmark.yaml) in runs/benchmark/.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo benchmark test lint clean
+.PHONY: setup demo zoo benchmark test lint clean
 
 setup: $(STAMP)
 
@@ -19,10 +20,14 @@ demo: setup
 	$(VENV)/bin/snakemake --cores 2
 	$(VENV)/bin/snakemake --report results/report.html
 
+zoo: setup
+	$(VENV)/bin/snakemake --cores 2 --configfile config/config.yaml config/zoo.yaml
+	$(VENV)/bin/snakemake --configfile config/config.yaml config/zoo.yaml --report results/report.html
+
 benchmark: setup
 	mkdir -p runs/benchmark
-	$(VENV)/bin/snakemake --cores 2 --directory runs/benchmark --configfile config/config.yaml config/benchmark.yaml
-	$(VENV)/bin/snakemake --directory runs/benchmark --configfile config/config.yaml config/benchmark.yaml --report results/report.html
+	$(VENV)/bin/snakemake --cores 2 --directory runs/benchmark --configfile config/config.yaml config/zoo.yaml config/benchmark.yaml
+	$(VENV)/bin/snakemake --directory runs/benchmark --configfile config/config.yaml config/zoo.yaml config/benchmark.yaml --report results/report.html
 
 test: setup
 	$(VENV)/bin/pytest

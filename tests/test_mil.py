@@ -178,8 +178,10 @@ def test_mil_config_blocks_checked_against_constructors():
     root = Path(__file__).resolve().parents[1]
     demo = yaml.safe_load((root / "config/config.yaml").read_text())["mil"]
     check_mil_config(demo)
+    zoo = yaml.safe_load((root / "config/zoo.yaml").read_text())["mil"]
     bench = yaml.safe_load((root / "config/benchmark.yaml").read_text())["mil"]
-    merged = {**demo, "models": {**demo["models"], **bench["models"]}}  # Snakemake merges nested dicts
+    models = {**demo["models"], **zoo["models"]}  # Snakemake merges nested dicts
+    merged = {**demo, "models": {m: {**block, **bench["models"].get(m, {})} for m, block in models.items()}}
     check_mil_config(merged)
     assert {"srmil", "transmil", "clam_mb", "max"} <= {run_params(merged, m)["model"] for m in merged["models"]}
     runs = check_mil_config({"models": ["mean", "abmil"], "epochs": 3})  # a list: defaults
