@@ -78,7 +78,7 @@ else:
 rule embed_fold:
     input:
         tiles="results/tiles/{slide}.zarr",
-        weights="results/encoders/{encoder}/fold{fold}/encoder.pt",
+        weights=["results/encoders/{encoder}/fold{fold}/encoder.pt"],  # a list, as weights_flag reads [0]
     output:
         directory("results/features/{encoder}/fold{fold}/{slide}.zarr"),
     params:
