@@ -173,6 +173,23 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
                      models=_json(a.models), pretrain=_json(a.pretrain), n_boot=a.bootstrap, seed=a.seed)
 
 
+def cmd_probe(a: argparse.Namespace) -> None:
+    from slidemil.probe import probe_encoder, write_probe_row
+    from slidemil.samples import label_indices
+
+    row = probe_encoder(a.encoder, a.features_dir, a.folds, label_indices(a.samples, json.loads(a.classes)),
+                        _json(a.annotations), seed=a.seed, n_boot=a.bootstrap)
+    write_probe_row(row, a.out)
+    logging.info("probe %s: tile AUC %.3f [%.3f, %.3f], tumour vs mimic %.3f", a.encoder, row["tile_auc"],
+                 row["tile_auc_ci_lo"], row["tile_auc_ci_hi"], row["tile_auc_vs_mimic"])
+
+
+def cmd_probe_table(a: argparse.Namespace) -> None:
+    from slidemil.probe import write_probe_table
+
+    write_probe_table(a.rows, a.out)
+
+
 def cmd_heatmaps(a: argparse.Namespace) -> None:
     from slidemil.froc import FrocParams
     from slidemil.heatmaps import heatmaps_for_model
@@ -294,6 +311,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--froc-itc-um", type=float, default=200.0,
                    help="lesions with a shorter major axis are isolated tumour cells, left out (0: keep all)")
     p.add_argument("--froc-mask-um", type=float, default=8.0, help="pixel size of the FROC lesion mask, microns")
+
+    p = add("probe", cmd_probe, "linear probe of one encoder's tile features against tumour annotations")
+    p.add_argument("--encoder", required=True)
+    p.add_argument("--features-dir", required=True, help='feature folder; "{fold}" is filled in per fold')
+    p.add_argument("--folds", required=True)
+    p.add_argument("--samples", required=True)
+    p.add_argument("--classes", required=True, help="JSON list of class names; the first is negative")
+    p.add_argument("--annotations", default="{}", help="JSON slide_id -> tumour GeoJSON")
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="results/probe/{encoder}.csv")
+    p = add("probe-table", cmd_probe_table, "one probe table from the per-encoder probe rows")
+    p.add_argument("--rows", nargs="+", required=True)
+    p.add_argument("--out", required=True)
 
     p = add("hnm-mine", cmd_hnm_mine, "hard-negative mining, one round of one fold: DSMIL + MIRank, tile scores, gate")
     p.add_argument("--features-dir", required=True, help="the round-(t-1) encoder's features of the fold")

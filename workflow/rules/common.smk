@@ -183,7 +183,8 @@ def annotations_arg() -> str:
 
 
 def all_outputs() -> list[str]:
-    return ["results/benchmark.csv", "results/qc/cohort.tsv",
+    probe = ["results/probe.csv"] if annotations_arg() != as_arg({}) else []  # needs tumour annotations
+    return ["results/benchmark.csv", "results/qc/cohort.tsv", *probe,
             *(f"results/heatmaps/{encoder}/{model}/instance_metrics.csv"
               for model, encoders in MIL_GRID.items() for encoder in encoders),
             *expand("results/graphs/{slide}.npz", slide=SLIDES)]

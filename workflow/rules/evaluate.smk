@@ -104,3 +104,46 @@ rule heatmaps:
         "../../envs/torch.yaml"
     shell:
         "python -m slidemil heatmaps --folds {params.folds} --features-dir '{params.features_dir}' --samples {input.samples:q} --annotations {params.annotations} --out-dir {params.out_dir} --title '{params.title}' 2> {log:q}"
+
+
+# Linear probe of each encoder's tile features against the tumour annotations (slidemil.probe).
+rule probe:
+    input:
+        features=heatmap_features,  # every feature store of the encoder, per fold for fold-trained ones
+        folds="results/folds.csv",
+        samples=config["samples"],
+    output:
+        "results/probe/{encoder}.csv",
+    params:
+        features_dir=heatmap_features_dir,
+        classes=as_arg(config["classes"]),
+        annotations=annotations_arg(),
+        bootstrap=config["evaluate"]["bootstrap"],
+        seed=config["seed"],
+        code=code_version("cli:cmd_probe"),
+    log:
+        "logs/probe/{encoder}.log",
+    conda:
+        "../../envs/torch.yaml"
+    shell:
+        "python -m slidemil probe --encoder {wildcards.encoder} --features-dir {params.features_dir:q} --folds {input.folds:q} --samples {input.samples:q} --classes {params.classes} --annotations {params.annotations} --bootstrap {params.bootstrap} --seed {params.seed} --out {output:q} 2> {log:q}"
+
+
+rule probe_table:
+    input:
+        expand("results/probe/{encoder}.csv", encoder=ALL_ENCODERS),
+    output:
+        report(
+            "results/probe.csv",
+            caption="../report/probe.rst",
+            category="1. Benchmark",
+            labels={"result": "linear probe per encoder"},
+        ),
+    params:
+        code=code_version("cli:cmd_probe_table"),
+    log:
+        "logs/probe/table.log",
+    conda:
+        "../../envs/torch.yaml"
+    shell:
+        "python -m slidemil probe-table --rows {input:q} --out {output:q} 2> {log:q}"
