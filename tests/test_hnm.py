@@ -147,6 +147,36 @@ def test_test_slide_labels_never_reach_mining_or_the_fine_tuned_encoder(fold, on
     assert pl_r.digest() != pl.digest()
 
 
+def test_a_killed_fine_tune_resumes_to_the_same_weights(fold, one_torch_thread):
+    root, tiles = fold
+    params = HNMParams(**TINY)
+    mine_round(root / "features", root / "folds.csv", _sheet(root, LABELS, "s.tsv"), 0, params, ["normal", "tumour"],
+               root / "r1", seed=0, round_=1)
+    labels = root / "r1" / "pseudo_labels.npz"
+    finetune_round(tiles, labels, params, BASE, None, root / "a" / "encoder.pt", seed=0, device="cpu")
+
+    def die(epoch):
+        if epoch == 0:
+            raise KeyboardInterrupt("preempted")
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune_round(tiles, labels, params, BASE, None, root / "b" / "encoder.pt", seed=0, device="cpu",
+                       on_epoch_end=die)
+    seen = []
+    finetune_round(tiles, labels, params, BASE, None, root / "b" / "encoder.pt", seed=0, device="cpu",
+                   on_epoch_end=seen.append)
+    assert seen == [1]  # epoch 0 came from the checkpoint
+    a, b = read_state_dict(root / "a" / "encoder.pt"), read_state_dict(root / "b" / "encoder.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # other pseudo labels: the checkpoint is not resumed
+    pl = PseudoLabels.load(labels)
+    PseudoLabels({s: x[::-1].copy() for s, x in pl.scores.items()}, pl.labels, 1).save(root / "other.npz")
+    seen.clear()
+    finetune_round(tiles, root / "other.npz", params, BASE, None, root / "b" / "encoder.pt", seed=0, device="cpu",
+                   on_epoch_end=seen.append)
+    assert seen == [0, 1]
+
+
 def test_mined_pairs_plan_steps_a_then_b_after_warm_up(fold):
     root, tiles = fold
     rng = np.random.default_rng(0)
@@ -218,7 +248,7 @@ def test_rounds_resume_and_only_new_rounds_run(finished_run):
     try:
         _enable_hnm(finished_run, rounds=1)
         jobs = planned_jobs(finished_run)
-        assert jobs.get("hnm_mine") == 2 and jobs.get("hnm_finetune") == 2 and jobs.get("embed_fold") == 2 * 8, jobs
+        assert jobs.get("hnm_mine") == 2 and jobs.get("hnm_finetune") == 2 and jobs.get("embed_fold") == 2 * 3, jobs  # folds x batches
         assert "pretrain" not in jobs  # the base encoder (round 0) is done
         snakemake(finished_run)
         first = {p: p.stat().st_mtime_ns for p in (finished_run / "results" / "hnm").rglob("*") if p.is_file()
@@ -226,7 +256,7 @@ def test_rounds_resume_and_only_new_rounds_run(finished_run):
         _enable_hnm(finished_run, rounds=2)
         jobs = planned_jobs(finished_run)
         assert jobs.get("hnm_mine") == 2 and jobs.get("hnm_finetune") == 2, jobs  # round 2 of each fold only
-        assert jobs.get("embed_fold") == 2 * 8 and jobs.get("mil") == 2 * 2 * 2, jobs  # 1 new encoder x folds x ...
+        assert jobs.get("embed_fold") == 2 * 3 and jobs.get("mil") == 2 * 2 * 2, jobs  # 1 new encoder x folds x ...
         dry = snakemake(finished_run, "-n").stdout
         assert "round1" not in dry.replace("round1/gate.json", "").replace("round1/pseudo_labels.npz", "")
         snakemake(finished_run)
