@@ -248,7 +248,7 @@ def test_rounds_resume_and_only_new_rounds_run(finished_run):
     try:
         _enable_hnm(finished_run, rounds=1)
         jobs = planned_jobs(finished_run)
-        assert jobs.get("hnm_mine") == 2 and jobs.get("hnm_finetune") == 2 and jobs.get("embed_fold") == 2 * 3, jobs  # folds x batches
+        assert jobs.get("hnm_mine") == 2 and jobs.get("hnm_finetune") == 2 and jobs.get("embed_fold") == 2 * 3, jobs
         assert "pretrain" not in jobs  # the base encoder (round 0) is done
         snakemake(finished_run)
         first = {p: p.stat().st_mtime_ns for p in (finished_run / "results" / "hnm").rglob("*") if p.is_file()

@@ -61,7 +61,9 @@ def planned_jobs(workdir: Path) -> dict[str, int]:
     for line in first_table.splitlines():
         m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
         if m and m.group(1) not in ("total", "job"):
-            rule = "embed" if re.fullmatch(r"embed_b\d+_\w+", m.group(1)) else m.group(1)  # batched embedding
+            rule = m.group(1)  # batched embedding: embed_b{batch}_{encoder}[_fold{k}] (one rule per batch)
+            if re.fullmatch(r"embed_b\d+_\w+", rule):
+                rule = "embed_fold" if re.fullmatch(r"embed_b\d+_\w+_fold\d+", rule) else "embed"
             jobs[rule] = jobs.get(rule, 0) + int(m.group(2))
     return jobs
 

@@ -213,11 +213,16 @@ def weights_flag(wildcards, input) -> str:
     return f"--weights {shlex.quote(str(input.weights[0]))}" if input.weights else ""  # [] or [file]
 
 
+def fold_encoder_entry(encoder: str, fold) -> dict:
+    """The `encoders`-style entry of a fold-trained encoder (pretrained per fold, or a mining round)."""
+    if encoder in HNM_ROUNDS:  # a mining round: the base's backbone with the round's weights
+        return {**hnm_base_entry(HNM_ROUNDS[encoder][0], fold), "name": encoder,
+                "weights": f"results/encoders/{encoder}/fold{fold}/encoder.pt"}
+    return pretrained_encoder(encoder, f"fold{fold}")
+
+
 def fold_encoder_arg(wildcards) -> str:
-    if wildcards.encoder in HNM_ROUNDS:  # a mining round: the base's backbone with the round's weights
-        return as_arg({**hnm_base_entry(HNM_ROUNDS[wildcards.encoder][0], wildcards.fold), "name": wildcards.encoder,
-                       "weights": f"results/encoders/{wildcards.encoder}/fold{wildcards.fold}/encoder.pt"})
-    return as_arg(pretrained_encoder(wildcards.encoder, f"fold{wildcards.fold}"))
+    return as_arg(fold_encoder_entry(wildcards.encoder, wildcards.fold))
 
 
 def pretrain_inputs(wildcards) -> dict:
