@@ -100,21 +100,14 @@ def tile_aucs(y: np.ndarray, mimic: np.ndarray, score: np.ndarray) -> dict[str, 
 
 
 def random_probe(slides: dict[str, Slide], folds, seed: int) -> dict[str, float]:
-    """Logistic regression on frozen features: fit on each fold's training tiles, score its test tiles."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
+    """The workflow's linear probe (slidemil.probe): fit on each fold's training tiles, score its test tiles."""
+    from slidemil.probe import probe_scores
 
     ys, ms, ps = [], [], []
     for k in sorted(folds["fold"].unique()):
-        roles = roles_of(folds, k)
-        train = [s for s, r in roles.items() if r == "train" and len(slides[s].tumour)]
-        test = [s for s, r in roles.items() if r == "test" and len(slides[s].tumour)]
-        x = np.concatenate([slides[s].features for s in train])
-        y = np.concatenate([slides[s].tumour for s in train])
-        scaler = StandardScaler().fit(x)
-        clf = LogisticRegression(C=1.0, max_iter=3000, random_state=seed).fit(scaler.transform(x), y)
-        for s in test:
-            ps.append(clf.decision_function(scaler.transform(slides[s].features)))
+        usable = {s: sl for s, sl in slides.items() if len(sl.tumour)}
+        for s, score in probe_scores(usable, roles_of(folds, k), seed).items():
+            ps.append(score)
             ys.append(slides[s].tumour)
             ms.append(slides[s].mimic)
     return tile_aucs(np.concatenate(ys), np.concatenate(ms), np.concatenate(ps))
