@@ -190,6 +190,60 @@ def test_srmil_without_reconstruction_or_masking_is_a_plain_gat_supernode_classi
     assert net.encoder.layers[0].fc.weight.grad.abs().max() > 0
 
 
+@pytest.mark.parametrize("dense", [True, False])
+def test_gat_layer_edge_and_dense_paths_match_the_textbook_and_each_other(monkeypatch, dense):
+    """Small graphs take the masked-softmax path, big ones the chunked edge path: the same outputs,
+    attention and gradients (eval mode), both equal to a textbook dense GAT."""
+    import slidemil.mil.layers.gat as gat
+
+    n = 40
+    bag = grid_bag(n, seed=5, width=8)
+    g = torch.from_numpy(bag.grid)
+    adj = (g[:, None, :] - g[None, :, :]).abs().max(-1).values <= 2
+    dst, src = torch.nonzero(adj, as_tuple=True)
+    torch.manual_seed(1)
+    layer = gat.GATConv(D, 8, 2, residual=True, activation=True, norm=True).eval()
+    assert gat.use_dense(n, src, dst, 8)  # this graph is small enough for the dense path
+    monkeypatch.setattr(gat, "use_dense", lambda *a: dense)
+    x = bag.features.clone().requires_grad_()
+    out, alpha = layer(x, torch.stack([src, dst]))
+    torch.testing.assert_close(out, dense_gat_layer(layer, x, adj), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.zeros(n, 2).index_add(0, dst, alpha), torch.ones(n, 2))  # softmax per dst
+    out.square().sum().backward()
+    grads = [x.grad] + [p.grad for p in layer.parameters()]
+    x_ref = bag.features.clone().requires_grad_()
+    layer.zero_grad()
+    dense_gat_layer(layer, x_ref, adj).square().sum().backward()
+    for got, ref in zip(grads, [x_ref.grad] + [p.grad for p in layer.parameters()]):
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_gat_dense_path_is_refused_for_big_graphs_and_repeated_edges():
+    from slidemil.mil.layers.gat import use_dense
+
+    src, dst = torch.arange(5), torch.arange(5)
+    assert use_dense(5, src, dst, 8)
+    assert not use_dense(5, torch.cat([src, src[:1]]), torch.cat([dst, dst[:1]]), 8)  # 0 -> 0 twice
+    assert not use_dense(5000, torch.arange(5000), torch.arange(5000), 64)  # N^2 >> E * F
+
+
+def test_srmil_checkpointing_gives_the_same_loss_and_gradients(monkeypatch):
+    import slidemil.mil.models.srmil as srmil
+
+    bag = grid_bag(30, seed=6, width=6)
+    runs = []
+    for min_tiles in (0, 10**9):  # checkpoint every bag / never
+        monkeypatch.setattr(srmil, "CHECKPOINT_MIN_TILES", min_tiles)
+        torch.manual_seed(0)
+        net = SRMIL(D, 2, hidden=16, heads=2, cls_hidden=8).train()  # dropout and masking on
+        loss = net.loss(net(bag), torch.tensor(1))
+        loss.backward()
+        runs.append((loss.detach(), [p.grad.clone() for p in net.parameters() if p.grad is not None]))
+    torch.testing.assert_close(runs[0][0], runs[1][0])
+    for a, b in zip(runs[0][1], runs[1][1]):
+        torch.testing.assert_close(a, b)
+
+
 def test_srmil_loss_by_hand():
     lm, lf = torch.tensor([0.0, 1.0]), torch.tensor([2.0, 0.0])
     x_rec, x_init = torch.tensor([[1.0, 0.0], [1.0, 1.0]]), torch.tensor([[0.0, 1.0], [2.0, 2.0]])

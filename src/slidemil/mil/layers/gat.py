@@ -13,7 +13,9 @@ envs) for one model. Aggregation is `edge_aggregate`, an autograd function that 
 in chunks in both passes, so memory is O(E * H) for the attention plus 16 MB scratch tensors,
 never the O(E * H * F) that autograd keeps for gathered messages (a 50,000-tile bag with the 5x5
 neighbourhood has ~1.3 M edges: 1.4 GB per 256-wide layer) nor a dense [N, N] gradient (what
-torch.sparse.mm's backward builds for the sparse operand).
+torch.sparse.mm's backward builds for the sparse operand). Small graphs (N^2 <= E * F, N <= 2048,
+e.g. a demo slide's 200 tiles) take a dense path instead: a masked [H, N, N] softmax and one
+batched matmul, the same numbers with a fraction of the memory traffic (`use_dense`).
 
 Departure: with residual on and equal input/output sizes the authors' layer silently drops the
 residual (res_fc = None); ours adds the identity, as a residual is meant to.
@@ -70,6 +72,18 @@ class _EdgeAggregate(torch.autograd.Function):
         return grad_a, grad_f, None, None
 
 
+DENSE_MAX_NODES = 2048  # above this the [H, N, N] attention is never formed
+
+
+def use_dense(n: int, src: torch.Tensor, dst: torch.Tensor, out_dim: int) -> bool:
+    """Dense attention when the [N, N] matrix per head is no larger than the [E, F] messages the edge
+    path gathers (small bags: one batched matmul instead of gathers, ~5x faster on a demo slide),
+    and only when no edge repeats (a repeated edge counts twice in the edge softmax, once dense)."""
+    if n > DENSE_MAX_NODES or n * n > len(src) * out_dim:
+        return False
+    return int(torch.unique(dst * n + src).numel()) == len(src)
+
+
 def edge_aggregate(a: torch.Tensor, f: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
     """Attention-weighted sum of source features into destinations, in edge chunks (see module doc)."""
     return _EdgeAggregate.apply(a, f, src, dst)
@@ -101,6 +115,17 @@ class GATConv(nn.Module):
         if isinstance(self.res_fc, nn.Linear):
             nn.init.xavier_normal_(self.res_fc.weight, gain=gain)
 
+    def _dense(self, scores: torch.Tensor, f: torch.Tensor, src: torch.Tensor, dst: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The edge softmax and aggregation as a masked [H, N, N] softmax and one batched matmul: the
+        same numbers as the edge path (attention dropout draws its mask over the matrix instead)."""
+        n, heads = f.shape[0], f.shape[1]
+        flat = dst * n + src  # edge j -> i at row i, column j
+        logits = scores.new_full((heads, n * n), float("-inf")).index_copy(1, flat, scores.t())
+        attn = torch.softmax(logits.view(heads, n, n), dim=-1)  # rows: destinations, over their sources
+        out = torch.bmm(self.attn_drop(attn), f.transpose(0, 1)).transpose(0, 1)  # [N, H, F]
+        return out, attn.view(heads, n * n)[:, flat].t()  # alpha [E, H], edge order
+
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = x.shape[0]
         src, dst = edge_index[0], edge_index[1]
@@ -108,9 +133,12 @@ class GATConv(nn.Module):
         f = self.fc(h).view(n, self.heads, self.out_dim)  # [N, H, F]
         el = (f * self.attn_l).sum(-1)  # [N, H] source term
         er = (f * self.attn_r).sum(-1)  # [N, H] destination term
-        alpha = edge_softmax(self.leaky(el[src] + er[dst]), dst, n)  # [E, H]
-        a = self.attn_drop(alpha)
-        out = edge_aggregate(a, f, src, dst)  # [N, H, F]
+        scores = self.leaky(el[src] + er[dst])  # [E, H]
+        if use_dense(n, src, dst, self.out_dim):
+            out, alpha = self._dense(scores, f, src, dst)
+        else:
+            alpha = edge_softmax(scores, dst, n)  # [E, H]
+            out = edge_aggregate(self.attn_drop(alpha), f, src, dst)  # [N, H, F]
         out = out.reshape(n, -1) + self.bias
         if self.res_fc is not None:
             out = out + self.res_fc(h)
