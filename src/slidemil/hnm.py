@@ -467,6 +467,7 @@ def mining_evidence(rounds: list[tuple[int, int, str | Path]], tiles: dict[str, 
     pooled = table.groupby("round", as_index=False)[counts].sum()  # each round over the folds
     pooled["fold"] = "all"
     table = pd.concat([table.astype({"fold": object}), pooled], ignore_index=True)
+    table["labels_from_round"] = table["labels_from_round"].astype("Int64")  # blank, not 1.0, on pooled rows
     with np.errstate(divide="ignore", invalid="ignore"):
         table["mined_in_mimic"] = table["n_mined_in_mimic"] / table["n_mined"]
         table["mimic_base_rate"] = table["n_mimic_tiles"] / table["n_negative_tiles"]
