@@ -54,6 +54,18 @@ def cmd_graph(a: argparse.Namespace) -> None:
     graph_of_store(a.tiles, a.out, a.radius)
 
 
+def cmd_features_index(a: argparse.Namespace) -> None:
+    from slidemil.indexes import write_index
+
+    write_index("features", a.features_dir, a.samples, a.out)
+
+
+def cmd_graphs_index(a: argparse.Namespace) -> None:
+    from slidemil.indexes import write_index
+
+    write_index("graphs", a.graphs_dir, a.samples, a.out)
+
+
 def cmd_embed(a: argparse.Namespace) -> None:
     from slidemil.embed import EncoderSpec, embed_slides
 
@@ -251,6 +263,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", nargs="+", required=True, help="feature stores, in the order of --tiles")
+
+    # the sheet names the slides: n store paths on one command line would pass Linux's 128 KiB per argument
+    p = add("features-index", cmd_features_index, "index.tsv of one feature folder (slide_id, n_tiles, status, reason)")
+    p.add_argument("--features-dir", required=True, help="results/features/{encoder}[/fold{k}]")
+    p.add_argument("--samples", required=True, help="sample sheet: one row per slide_id, in its order")
+    p.add_argument("--out", required=True, help="{features-dir}/index.tsv")
+    p = add("graphs-index", cmd_graphs_index, "index.tsv of the neighbour graphs (slide_id, n_tiles, n_edges)")
+    p.add_argument("--graphs-dir", required=True, help="results/graphs")
+    p.add_argument("--samples", required=True, help="sample sheet: one row per slide_id, in its order")
+    p.add_argument("--out", required=True, help="results/graphs/index.tsv")
 
     p = add("pretrain", cmd_pretrain, "pretrain one encoder (config `pretrain` entry) in one scope")
     p.add_argument("--params", required=True, help="JSON of one config `pretrain` entry")
