@@ -136,6 +136,8 @@ def test_adding_a_slide_runs_only_its_jobs_and_cohort_stages(finished_run):
         # transductive simclr-spatial encoder, whose pretraining on the cohort reruns with a new slide
         assert jobs.get("embed") == 1 + 3 and jobs.get("pretrain") == 1, jobs
         assert {"qc_cohort", "folds", "mil", "evaluate"} <= set(jobs)
+        # the cohort's indexes are rewritten (one per encoder, and the graphs'), so MIL reruns through them
+        assert jobs.get("features_index") == 2 and jobs.get("graphs_index") == 1, jobs
     finally:
         sheet.write_text(original)
 
@@ -160,6 +162,29 @@ def test_editing_a_module_a_stage_imports_replans_that_stage(finished_run, tmp_p
     metrics = copy / "src" / "slidemil" / "metrics.py"
     metrics.write_text(metrics.read_text() + "\n_EDITED = True\n")
     assert {"mil", "evaluate", "heatmaps"} <= planned() <= {"mil", "evaluate", "heatmaps", "all"}
+
+
+def test_cohort_jobs_read_one_index_per_feature_folder_not_every_store(tmp_path):
+    """mil, heatmaps and probe take each scope's index.tsv (one input edge, however many slides), and
+    only the index jobs list every store: the MIL jobs' per-slide inputs were most of the planning time."""
+    base = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["pretrain"]
+    fold_trained = {**base["simclr-spatial"], "objective": "weaksupcon"}  # uses labels: one encoder per fold
+    _tiny_config(tmp_path, pretrain={**base, "wsc": fold_trained})
+    out = snakemake(tmp_path, "-n").stdout
+    jobs = {}  # rule -> [the input line of each of its jobs]
+    for m in re.finditer(r"^rule (\w+):\n((?:    .*\n)*)", out, re.M):
+        inputs = re.search(r"^    input: (.*)$", m.group(2), re.M)
+        jobs.setdefault(m.group(1), []).append(inputs.group(1).split(", ") if inputs else [])
+    assert len(jobs["features_index"]) == 2 and len(jobs["features_index_fold"]) == 2  # 2 encoders; wsc x 2 folds
+    assert sorted(len(i) for i in jobs["features_index_fold"]) == [9, 9]  # 8 stores + the sheet
+    assert len(jobs["graphs_index"]) == 1
+    for rule in ("mil", "heatmaps", "probe"):
+        for inputs in jobs[rule]:
+            assert not [i for i in inputs if i.endswith((".zarr", ".npz"))], (rule, inputs)
+    mil_features = {i for inputs in jobs["mil"] for i in inputs if i.startswith("results/features/")}
+    assert mil_features == {"results/features/resnet18_rand/index.tsv", "results/features/simclr-spatial/index.tsv",
+                            "results/features/wsc/fold0/index.tsv", "results/features/wsc/fold1/index.tsv"}
+    assert all("results/graphs/index.tsv" in inputs for inputs in jobs["mil"])
 
 
 def test_lint_is_clean():

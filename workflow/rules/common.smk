@@ -156,9 +156,9 @@ def heatmap_predictions(wildcards) -> list[str]:
 
 
 def heatmap_features(wildcards) -> list[str]:
-    """Every feature store the heatmaps of (encoder, model) read: per fold for fold-trained encoders."""
-    dirs = sorted({encoder_features_dir(wildcards.encoder, k) for k in range(N_FOLDS)})
-    return expand("{d}/{slide}.zarr", d=dirs, slide=SLIDES)
+    """The feature indexes (stand-ins for every store) the heatmaps of (encoder, model) read: per fold
+    for fold-trained encoders."""
+    return sorted({features_index(wildcards.encoder, k) for k in range(N_FOLDS)})
 
 
 def heatmap_features_dir(wildcards) -> str:
@@ -267,12 +267,27 @@ def features_dir(wildcards) -> str:
     return encoder_features_dir(wildcards.encoder, wildcards.fold)
 
 
-def mil_features(wildcards) -> list[str]:
-    """Feature stores of a MIL job (encoder, fold), in its encoder's scope."""
-    return list(feature_stores(features_dir(wildcards)))
+# Jobs that read every slide take one index per feature folder (rules features_index*), not n stores:
+# 48 MIL jobs x 2 stores per slide were most of the DAG's edges and of its planning time.
+GRAPHS_INDEX = "results/graphs/index.tsv"
 
 
-@functools.cache  # the same list for every model x seed of an (encoder, fold): built once
+def features_index(encoder: str, fold) -> str:
+    """{features dir}/index.tsv: written from every store of the folder, so newer stores rerun its readers."""
+    return f"{encoder_features_dir(encoder, fold)}/index.tsv"
+
+
+def mil_features(wildcards) -> str:
+    """The feature index of a MIL job (encoder, fold), in its encoder's scope."""
+    return features_index(wildcards.encoder, wildcards.fold)
+
+
+def index_feature_stores(wildcards) -> list[str]:
+    """Every slide's feature store of an index's folder (encoder, and fold for fold-trained encoders)."""
+    return list(feature_stores(encoder_features_dir(wildcards.encoder, wildcards.get("fold"))))
+
+
+@functools.cache
 def feature_stores(features_dir: str) -> list[str]:
     return [f"{features_dir}/{slide}.zarr" for slide in SLIDES]
 
@@ -299,9 +314,9 @@ def hnm_features_dir(wildcards) -> str:
 
 
 def hnm_mine_inputs(wildcards) -> dict:
-    """The round-(t-1) features of every slide (the CLI reads the fold's training and validation
+    """The round-(t-1) features' index (the CLI reads the fold's training and validation
     slides), the folds, the sheet, and round t-1's gate and pseudo labels (the gate's reference)."""
-    inputs = {"features": expand("{d}/{slide}.zarr", d=hnm_features_dir(wildcards), slide=SLIDES),
+    inputs = {"features": f"{hnm_features_dir(wildcards)}/index.tsv",  # stands in for every store
               "folds": "results/folds.csv", "samples": config["samples"]}
     t = int(wildcards.round)
     if t > 1:

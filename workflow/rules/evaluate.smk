@@ -109,7 +109,7 @@ rule heatmaps:
 # Linear probe of each encoder's tile features against the tumour annotations (slidemil.probe).
 rule probe:
     input:
-        features=heatmap_features,  # every feature store of the encoder, per fold for fold-trained ones
+        features=heatmap_features,  # the encoder's feature index(es), per fold for fold-trained ones
         folds="results/folds.csv",
         samples=config["samples"],
     output:

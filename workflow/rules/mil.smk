@@ -21,8 +21,8 @@ rule folds:
 
 rule mil:
     input:
-        features=mil_features,  # the encoder's scope: all, or fold{k} for fold-trained encoders
-        graphs=expand("results/graphs/{slide}.npz", slide=SLIDES),  # SRMIL's tile graph
+        features=mil_features,  # the scope's index.tsv (all, or fold{k}): one edge, not one per slide
+        graphs=GRAPHS_INDEX,  # SRMIL's tile graphs, through their index likewise
         folds="results/folds.csv",
         samples=config["samples"],
     output:
