@@ -187,7 +187,7 @@ def all_outputs() -> list[str]:
     return ["results/benchmark.csv", "results/qc/cohort.tsv", *probe,
             *(f"results/heatmaps/{encoder}/{model}/instance_metrics.csv"
               for model, encoders in MIL_GRID.items() for encoder in encoders),
-            *expand("results/graphs/{slide}.npz", slide=SLIDES)]
+            GRAPHS_INDEX]  # every graph, through its index: one edge, not one per slide
 
 
 # --- encoders and pretraining (workflow/rules/embed.smk, pretrain.smk) ---
