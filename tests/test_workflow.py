@@ -53,9 +53,9 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
     return proc
 
 
-def planned_jobs(workdir: Path) -> dict[str, int]:
-    """Jobs per rule that a dry run would execute (from the job-stats table)."""
-    out = snakemake(workdir, "-n", "--quiet", "rules").stdout
+def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
+    """Jobs per rule that a dry run (with `args`) would execute (from the job-stats table)."""
+    out = snakemake(workdir, "-n", "--quiet", "rules", *args).stdout
     jobs: dict[str, int] = {}
     first_table = out.split("Job stats:")[1] if "Job stats:" in out else ""  # dry runs print it twice
     for line in first_table.splitlines():
@@ -140,6 +140,15 @@ def test_adding_a_slide_runs_only_its_jobs_and_cohort_stages(finished_run):
         assert jobs.get("features_index") == 2 and jobs.get("graphs_index") == 1, jobs
     finally:
         sheet.write_text(original)
+
+
+@pytest.mark.e2e
+def test_reembedding_a_batch_reruns_its_feature_index_and_its_readers_only(finished_run):
+    """The MIL jobs list no store: a re-embedded batch reaches them through its folder's index.tsv."""
+    jobs = planned_jobs(finished_run, "--forcerun", "embed_b0_resnet18_rand")
+    mil_runs = 2 * 2 * 2  # the random encoder's 2 models x 2 folds x 2 seeds
+    assert jobs == {"embed": 1, "features_index": 1, "mil": mil_runs, "heatmaps": 2, "probe": 1, "probe_table": 1,
+                    "evaluate": 1, "all": 1}, jobs
 
 
 @pytest.mark.e2e
