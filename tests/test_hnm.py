@@ -4,6 +4,7 @@ steps, and the workflow loop (rounds as a wildcard) on the tiny cohort."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -238,46 +239,46 @@ def _enable_hnm(workdir, rounds: int) -> None:
 
 
 @pytest.mark.e2e
-def test_rounds_resume_and_only_new_rounds_run(finished_run):
+def test_rounds_resume_and_only_new_rounds_run(finished_run, tmp_path):
     """Round 1 runs; raising `rounds` to 2 plans round 2 only (one mine + one fine-tune per fold, and
     the re-embedding, MIL and heatmaps of the new encoder), never round 1 again; the benchmark gets a
     row per round and model, the claims row compares each round with round 0, mining.csv a row per
     fold and round."""
-    from test_workflow import _tiny_config, planned_jobs, snakemake
+    from test_workflow import planned_jobs, snakemake
 
-    try:
-        _enable_hnm(finished_run, rounds=1)
-        jobs = planned_jobs(finished_run)
-        assert jobs.get("hnm_mine") == 2 and jobs.get("hnm_finetune") == 2 and jobs.get("embed_fold") == 2 * 3, jobs
-        assert "pretrain" not in jobs  # the base encoder (round 0) is done
-        snakemake(finished_run)
-        first = {p: p.stat().st_mtime_ns for p in (finished_run / "results" / "hnm").rglob("*") if p.is_file()
-                 and "round1" in str(p)}
-        _enable_hnm(finished_run, rounds=2)
-        jobs = planned_jobs(finished_run)
-        assert jobs.get("hnm_mine") == 2 and jobs.get("hnm_finetune") == 2, jobs  # round 2 of each fold only
-        assert jobs.get("embed_fold") == 2 * 3 and jobs.get("mil") == 2 * 2 * 2, jobs  # 1 new encoder x folds x ...
-        dry = snakemake(finished_run, "-n").stdout
-        assert "round1" not in dry.replace("round1/gate.json", "").replace("round1/pseudo_labels.npz", "")
-        snakemake(finished_run)
-        assert all(p.stat().st_mtime_ns == t for p, t in first.items())  # round 1 untouched
-        results = finished_run / "results"
-        bench = pd.read_csv(results / "benchmark.csv")
-        assert {"simclr-hnm-r1", "simclr-hnm-r2"} <= set(bench["encoder"])
-        assert len(bench[bench["encoder"] == "simclr-hnm-r2"]) == 2  # one row per MIL model
-        claims = pd.read_csv(results / "claims.csv")
-        hnm = claims[claims["claim"] == "hnm_rounds_beat_round0"]
-        assert set(zip(hnm["a_encoder"], hnm["b_encoder"])) == {("simclr-hnm-r1", "simclr-spatial"),
-                                                                ("simclr-hnm-r2", "simclr-spatial")}
-        assert hnm["auc_diff"].notna().all()
-        mining = pd.read_csv(results / "hnm" / "simclr-hnm" / "mining.csv")
-        per_fold = mining[mining["fold"].astype(str) != "all"]
-        assert sorted(zip(per_fold["fold"].astype(int), per_fold["round"])) == [(0, 1), (0, 2), (1, 1), (1, 2)]
-        assert (mining["n_mined"] > 0).all() and (mining["n_mined"] < mining["n_negative_tiles"]).all()
-        pooled = mining[mining["fold"].astype(str) == "all"].set_index("round")
-        assert pooled.loc[1, "n_mined"] == per_fold.loc[per_fold["round"] == 1, "n_mined"].sum()
-        gate = json.loads((results / "hnm" / "simclr-hnm" / "fold0" / "round2" / "gate.json").read_text())
-        assert gate["labels_from_round"] == (2 if gate["accepted"] else 1)
-        assert (finished_run / "results" / "encoders" / "simclr-hnm-r2" / "fold1" / "checkpoints" / "last.pt").exists()
-    finally:
-        _tiny_config(finished_run)
+    # a copy of the shared run (mtimes kept): the rounds' encoders must not leak into the other e2e tests
+    run = tmp_path / "wf"
+    shutil.copytree(finished_run, run, symlinks=True)
+    _enable_hnm(run, rounds=1)
+    jobs = planned_jobs(run)
+    assert jobs.get("hnm_mine") == 2 and jobs.get("hnm_finetune") == 2 and jobs.get("embed_fold") == 2 * 3, jobs
+    assert "pretrain" not in jobs  # the base encoder (round 0) is done
+    snakemake(run)
+    first = {p: p.stat().st_mtime_ns for p in (run / "results" / "hnm").rglob("*") if p.is_file()
+             and "round1" in str(p)}
+    _enable_hnm(run, rounds=2)
+    jobs = planned_jobs(run)
+    assert jobs.get("hnm_mine") == 2 and jobs.get("hnm_finetune") == 2, jobs  # round 2 of each fold only
+    assert jobs.get("embed_fold") == 2 * 3 and jobs.get("mil") == 2 * 2 * 2, jobs  # 1 new encoder x folds x ...
+    dry = snakemake(run, "-n").stdout
+    assert "round1" not in dry.replace("round1/gate.json", "").replace("round1/pseudo_labels.npz", "")
+    snakemake(run)
+    assert all(p.stat().st_mtime_ns == t for p, t in first.items())  # round 1 untouched
+    results = run / "results"
+    bench = pd.read_csv(results / "benchmark.csv")
+    assert {"simclr-hnm-r1", "simclr-hnm-r2"} <= set(bench["encoder"])
+    assert len(bench[bench["encoder"] == "simclr-hnm-r2"]) == 2  # one row per MIL model
+    claims = pd.read_csv(results / "claims.csv")
+    hnm = claims[claims["claim"] == "hnm_rounds_beat_round0"]
+    assert set(zip(hnm["a_encoder"], hnm["b_encoder"])) == {("simclr-hnm-r1", "simclr-spatial"),
+                                                            ("simclr-hnm-r2", "simclr-spatial")}
+    assert hnm["auc_diff"].notna().all()
+    mining = pd.read_csv(results / "hnm" / "simclr-hnm" / "mining.csv")
+    per_fold = mining[mining["fold"].astype(str) != "all"]
+    assert sorted(zip(per_fold["fold"].astype(int), per_fold["round"])) == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    assert (mining["n_mined"] > 0).all() and (mining["n_mined"] < mining["n_negative_tiles"]).all()
+    pooled = mining[mining["fold"].astype(str) == "all"].set_index("round")
+    assert pooled.loc[1, "n_mined"] == per_fold.loc[per_fold["round"] == 1, "n_mined"].sum()
+    gate = json.loads((results / "hnm" / "simclr-hnm" / "fold0" / "round2" / "gate.json").read_text())
+    assert gate["labels_from_round"] == (2 if gate["accepted"] else 1)
+    assert (run / "results" / "encoders" / "simclr-hnm-r2" / "fold1" / "checkpoints" / "last.pt").exists()
