@@ -153,7 +153,7 @@ def test_reembedding_a_batch_reruns_its_feature_index_and_its_readers_only(finis
 
 @pytest.mark.e2e
 def test_editing_a_module_a_stage_imports_replans_that_stage(finished_run, tmp_path):
-    """metrics.py is imported by mil, evaluate and heatmaps (not by tile): editing it reruns those."""
+    """metrics.py is imported by mil, evaluate, heatmaps and probe (not by tile): editing it reruns those."""
     copy = tmp_path / "repo"
     copy.mkdir()
     for part in ("Snakefile", "workflow", "src", "config"):
@@ -170,7 +170,8 @@ def test_editing_a_module_a_stage_imports_replans_that_stage(finished_run, tmp_p
     assert planned() == set()  # the copy's code is the code the run was made with
     metrics = copy / "src" / "slidemil" / "metrics.py"
     metrics.write_text(metrics.read_text() + "\n_EDITED = True\n")
-    assert {"mil", "evaluate", "heatmaps"} <= planned() <= {"mil", "evaluate", "heatmaps", "all"}
+    readers = {"mil", "evaluate", "heatmaps", "probe"}
+    assert readers <= planned() <= readers | {"probe_table", "all"}
 
 
 def test_cohort_jobs_read_one_index_per_feature_folder_not_every_store(tmp_path):
