@@ -79,9 +79,9 @@ def probe_scores(slides: dict[str, ProbeSlide], roles: dict[str, str], seed: int
     if not 0 < y.sum() < len(y):
         log.warning("no tumour and normal tiles among this fold's training slides: no probe")
         return {}
-    scaler = StandardScaler().fit(np.concatenate([slides[s].features for s in train]))
-    clf = LogisticRegression(C=1.0, max_iter=3000, random_state=seed)
-    clf.fit(scaler.transform(np.concatenate([slides[s].features for s in train])), y)
+    x = np.concatenate([slides[s].features for s in train])
+    scaler = StandardScaler().fit(x)
+    clf = LogisticRegression(C=1.0, max_iter=3000, random_state=seed).fit(scaler.transform(x), y)
     return {s: clf.decision_function(scaler.transform(slides[s].features)) for s in test}
 
 
