@@ -126,8 +126,8 @@ def test_cli_pretrain_fold_scope(cohort, tmp_path):
     sheet.to_csv(tmp_path / "samples.tsv", sep="\t", index=False)
     params = {"objective": "weaksupcon", **{**TINY, "epochs": 1}}
     out = tmp_path / "encoders" / "wsc" / "fold0" / "encoder.pt"
-    rc = cli_main(["pretrain", "--params", json.dumps(params), "--scope", "fold0", "--tiles", *tiles,
-                   "--graphs", *graphs, "--folds", str(root / "folds.csv"), "--samples", str(tmp_path / "samples.tsv"),
+    rc = cli_main(["pretrain", "--params", json.dumps(params), "--scope", "fold0", "--tiles-dir", str(root / "tiles"),
+                   "--graphs-dir", str(root / "graphs"), "--folds", str(root / "folds.csv"), "--samples", str(tmp_path / "samples.tsv"),
                    "--classes", json.dumps(["normal", "tumour"]), "--device", "cpu", "--out", str(out)])
     assert rc == 0
     meta = torch.load(out, weights_only=False)

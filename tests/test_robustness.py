@@ -307,8 +307,10 @@ def test_cohort_qc_table_and_plot_list_every_slide_with_status(bad_slides, tmp_p
         _mask(bad_slides[key], sid, tmp_path)  # the DICOM masks, then fails to tile (finer than the scan)
         _tile(bad_slides[key], sid, tmp_path, params='{"tile_size": 32, "target_mpp": 0.5}')
     stores = sorted((tmp_path / "tiles").glob("*.zarr"))
-    proc = slidemil("qc", "--tiles", *stores, "--masks", *[tmp_path / f"masks/{s.stem}.json" for s in stores],
-                    "--out", tmp_path / "qc/cohort.tsv", "--plot", tmp_path / "qc/cohort.png")
+    pd.DataFrame({"slide_id": [s.stem for s in stores], "path": "x", "label": "normal",
+                  "patient_id": "p"}).to_csv(tmp_path / "samples.tsv", sep="\t", index=False)
+    proc = slidemil("qc", "--tiles-dir", tmp_path / "tiles", "--masks-dir", tmp_path / "masks",
+                    "--samples", tmp_path / "samples.tsv", "--out", tmp_path / "qc/cohort.tsv", "--plot", tmp_path / "qc/cohort.png")
     assert proc.returncode == 0, proc.stderr
     qc = pd.read_csv(tmp_path / "qc/cohort.tsv", sep="\t", keep_default_na=False).set_index("slide_id")
     assert dict(qc["status"]) == {"ok1": "ok", "blank": "empty", "textfile": "failed", "c0": "failed"}

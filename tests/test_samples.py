@@ -1,6 +1,8 @@
+import pandas as pd
 import pytest
 
-from slidemil.samples import SampleSheetError, load_samples
+from slidemil.samples import (DEMO_SLIDES, SampleSheetError, annotation_table, load_samples,
+                              read_annotation_table, slide_paths, write_annotation_table)
 
 CLASSES = ["normal", "tumour"]
 
@@ -39,3 +41,25 @@ def test_generated_demo_paths_need_not_exist(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     p = _sheet(tmp_path, ["d1\tresults/demo/slides/d1.tiff\tnormal\tP1"])
     assert len(load_samples(p, CLASSES, will_exist={"results/demo/slides/d1.tiff"})) == 1
+
+
+def test_slide_paths_follow_the_sheet(tmp_path):
+    sheet = tmp_path / "s.tsv"
+    sheet.write_text("slide_id\tpath\tlabel\tpatient_id\nb\tx\tnormal\tp1\na\ty\ttumour\tp2\n")
+    assert slide_paths(tmp_path / "tiles", sheet, ".zarr") == [str(tmp_path / "tiles/b.zarr"),
+                                                               str(tmp_path / "tiles/a.zarr")]
+
+
+def test_annotation_table_takes_the_sheet_column_then_the_demo_outlines(tmp_path):
+    sheet = pd.DataFrame({"slide_id": ["d0", "d1", "own", "plain"],
+                          "path": [DEMO_SLIDES.format(slide="d0"), DEMO_SLIDES.format(slide="d1"), "a.svs", "b.svs"],
+                          "annotation": [None, "mine.xml", "own.geojson", None]})
+    table = annotation_table(sheet, demo=True)
+    assert table["tumour"] == {"d0": "results/demo/annotations/d0.geojson", "d1": "mine.xml", "own": "own.geojson"}
+    assert table["mimic"] == {"d0": "results/demo/annotations/d0.mimic.geojson",
+                              "d1": "results/demo/annotations/d1.mimic.geojson"}
+    assert annotation_table(sheet, demo=False) == {"tumour": {"d1": "mine.xml", "own": "own.geojson"}, "mimic": {}}
+    sheet.assign(label="normal", patient_id="p").to_csv(tmp_path / "s.tsv", sep="\t", index=False)
+    write_annotation_table(tmp_path / "s.tsv", True, tmp_path / "annotations.json")
+    assert read_annotation_table(tmp_path / "annotations.json") == table
+    assert read_annotation_table(None) == {"tumour": {}, "mimic": {}}

@@ -197,6 +197,29 @@ def test_cohort_jobs_read_one_index_per_feature_folder_not_every_store(tmp_path)
     assert all("results/graphs/index.tsv" in inputs for inputs in jobs["mil"])
 
 
+@pytest.mark.e2e
+def test_no_command_line_grows_with_the_cohort(tmp_path):
+    """Cohort-wide jobs (QC, pretraining, mining, probe, heatmaps) name folders and the sheet, not every
+    slide's file: at 10,000 slides such a list passes Linux's 128 KiB limit on one argument and the job
+    dies with "Argument list too long". Every command is planned at 6 and at 60 slides: none grows."""
+    hnm = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["hnm"]["simclr-hnm"]
+    longest: dict[int, dict[str, int]] = {}
+    for n in (6, 60):
+        workdir = tmp_path / f"n{n}"
+        workdir.mkdir()
+        _tiny_config(workdir, n_slides=n, **{"hnm.simclr-hnm": {**hnm, "enabled": True}})
+        out = snakemake(workdir, "-n", "-p").stdout
+        per_rule = longest.setdefault(n, {})
+        for m in re.finditer(r"^rule (\w+):\n(?:    .*\n)*Shell command: (.*)$", out, re.M):
+            if not m.group(1).startswith("embed_b"):  # a batch lists its own slides (embed.slides_per_job)
+                per_rule[m.group(1)] = max(per_rule.get(m.group(1), 0), len(m.group(2)))
+    cohort_wide = {"qc_cohort", "pretrain", "hnm_mine", "hnm_finetune", "hnm_mining", "probe", "heatmaps",
+                   "annotations_index", "graphs_index", "features_index"}
+    assert cohort_wide <= set(longest[60]), sorted(longest[60])
+    for rule, length in longest[60].items():  # ids t10..t59 are one character longer than t0..t5
+        assert length <= longest[6][rule] + 8, (rule, longest[6][rule], length)
+
+
 def test_lint_is_clean():
     proc = subprocess.run([*SNAKEMAKE, "--lint", "--snakefile", str(ROOT / "Snakefile")], cwd=ROOT,
                           capture_output=True, text=True)

@@ -66,6 +66,12 @@ def cmd_graphs_index(a: argparse.Namespace) -> None:
     write_index("graphs", a.graphs_dir, a.samples, a.out)
 
 
+def cmd_annotations_index(a: argparse.Namespace) -> None:
+    from slidemil.samples import write_annotation_table
+
+    write_annotation_table(a.samples, a.demo, a.out)
+
+
 def cmd_embed(a: argparse.Namespace) -> None:
     from slidemil.embed import EncoderSpec, embed_slides
 
@@ -79,7 +85,7 @@ def cmd_pretrain(a: argparse.Namespace) -> None:
     import os
 
     from slidemil.pretrain import PretrainParams, pretrain, sources_for_scope
-    from slidemil.samples import label_indices
+    from slidemil.samples import label_indices, slide_paths
 
     import torch
 
@@ -91,7 +97,8 @@ def cmd_pretrain(a: argparse.Namespace) -> None:
     params = PretrainParams.from_dict(_json(a.params))
     # slide label -> class index (0 = the negative class); only fold scopes get them
     labels = label_indices(a.samples, json.loads(a.classes)) if params.uses_labels else None
-    sources = sources_for_scope(a.tiles, a.graphs, a.scope, labels, a.folds)
+    graphs = slide_paths(a.graphs_dir, a.samples, ".npz") if a.graphs_dir else []
+    sources = sources_for_scope(slide_paths(a.tiles_dir, a.samples, ".zarr"), graphs, a.scope, labels, a.folds)
     logging.info("pretrain %s scope %s: %d slides, objective %s, sampler %s", a.out, a.scope, len(sources),
                  params.objective, params.sampler)
     pretrain(sources, params, a.out, a.seed, device=a.device)
@@ -99,8 +106,10 @@ def cmd_pretrain(a: argparse.Namespace) -> None:
 
 def cmd_qc(a: argparse.Namespace) -> None:
     from slidemil.qc import write_cohort_qc
+    from slidemil.samples import slide_paths
 
-    write_cohort_qc(a.tiles, a.masks, a.out, a.plot)
+    write_cohort_qc(slide_paths(a.tiles_dir, a.samples, ".zarr"), slide_paths(a.masks_dir, a.samples, ".json"),
+                    a.out, a.plot)
 
 
 def cmd_export_h5(a: argparse.Namespace) -> None:
@@ -151,25 +160,27 @@ def cmd_hnm_mine(a: argparse.Namespace) -> None:
 
 def cmd_hnm_finetune(a: argparse.Namespace) -> None:
     from slidemil.hnm import HNMParams, finetune_round
+    from slidemil.samples import slide_paths
 
     import torch
 
     torch.set_num_threads(a.threads)
-    finetune_round(a.tiles, a.pseudo_labels, HNMParams.from_dict(_json(a.params)), _json(a.base), a.init or None,
+    finetune_round(slide_paths(a.tiles_dir, a.samples, ".zarr"), a.pseudo_labels, HNMParams.from_dict(_json(a.params)), _json(a.base), a.init or None,
                    a.out, a.seed, device=a.device)
 
 
 def cmd_hnm_mining(a: argparse.Namespace) -> None:
     from slidemil.files import atomic_path
     from slidemil.hnm import HNMParams, mining_evidence
+    from slidemil.samples import read_annotation_table, slide_paths
 
     rounds = []
     for d in a.rounds:  # .../fold{k}/round{t}
         parts = Path(d).parts
         rounds.append((int(parts[-2].removeprefix("fold")), int(parts[-1].removeprefix("round")), d))
-    tiles = {Path(t).stem: t for t in a.tiles}
-    ann = _json(a.annotations)
-    table = mining_evidence(rounds, tiles, ann.get("mimic", {}), ann.get("tumour", {}), HNMParams.from_dict(_json(a.params)))
+    tiles = {Path(t).stem: t for t in slide_paths(a.tiles_dir, a.samples, ".zarr")}
+    ann = read_annotation_table(a.annotations)
+    table = mining_evidence(rounds, tiles, ann["mimic"], ann["tumour"], HNMParams.from_dict(_json(a.params)))
     with atomic_path(a.out) as tmp:
         table.to_csv(tmp, index=False)
     logging.info("%s", table.to_string())
@@ -187,10 +198,10 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
 def cmd_probe(a: argparse.Namespace) -> None:
     from slidemil.probe import probe_encoder, write_probe_row
-    from slidemil.samples import label_indices
+    from slidemil.samples import label_indices, read_annotation_table
 
     row = probe_encoder(a.encoder, a.features_dir, a.folds, label_indices(a.samples, json.loads(a.classes)),
-                        _json(a.annotations), seed=a.seed, n_boot=a.bootstrap)
+                        read_annotation_table(a.annotations)["tumour"], seed=a.seed, n_boot=a.bootstrap)
     write_probe_row(row, a.out)
     logging.info("probe %s: tile AUC %.3f [%.3f, %.3f], tumour vs mimic %.3f", a.encoder, row["tile_auc"],
                  row["tile_auc_ci_lo"], row["tile_auc_ci_hi"], row["tile_auc_vs_mimic"])
@@ -205,12 +216,12 @@ def cmd_probe_table(a: argparse.Namespace) -> None:
 def cmd_heatmaps(a: argparse.Namespace) -> None:
     from slidemil.froc import FrocParams
     from slidemil.heatmaps import heatmaps_for_model
-    from slidemil.samples import read_sheet
+    from slidemil.samples import read_annotation_table, read_sheet
 
     samples = read_sheet(a.samples).set_index("slide_id", drop=False)
     froc = FrocParams(merge_um=a.froc_merge_um, itc_um=a.froc_itc_um or None, mask_um=a.froc_mask_um,
                       nms_radius=a.froc_nms_radius)
-    table = heatmaps_for_model(a.folds, a.features_dir, samples, _json(a.annotations), a.out_dir,
+    table = heatmaps_for_model(a.folds, a.features_dir, samples, read_annotation_table(a.annotations)["tumour"], a.out_dir,
                                png_per_fold=a.png_per_fold, froc=froc, title=a.title)
     if table["instance_auc"].notna().any():
         logging.info("instance AUC (annotated test slides): mean %.3f over %d slides",
@@ -273,22 +284,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--graphs-dir", required=True, help="results/graphs")
     p.add_argument("--samples", required=True, help="sample sheet: one row per slide_id, in its order")
     p.add_argument("--out", required=True, help="results/graphs/index.tsv")
+    p = add("annotations-index", cmd_annotations_index, "annotations.json: tumour and mimic outlines per slide")
+    p.add_argument("--samples", required=True, help="sample sheet (its optional `annotation` column)")
+    p.add_argument("--demo", action="store_true", help="the demo generates the sheet's slides and their outlines")
+    p.add_argument("--out", required=True, help="results/annotations.json")
 
     p = add("pretrain", cmd_pretrain, "pretrain one encoder (config `pretrain` entry) in one scope")
     p.add_argument("--params", required=True, help="JSON of one config `pretrain` entry")
     p.add_argument("--scope", required=True, help="all | fold<k> (fold k's training slides only)")
-    p.add_argument("--tiles", nargs="+", required=True, help="tile stores of the cohort (results/tiles/{slide}.zarr)")
-    p.add_argument("--graphs", nargs="*", default=[], help="neighbour graphs (results/graphs/{slide}.npz)")
+    p.add_argument("--tiles-dir", required=True, help="results/tiles: {slide}.zarr of every slide of --samples")
+    p.add_argument("--graphs-dir", default=None, help="results/graphs: {slide}.npz (spatial and mixed samplers)")
     p.add_argument("--folds", default=None, help="results/folds.csv (needed for fold scopes)")
-    p.add_argument("--samples", default=None, help="sample sheet (labels, for label-using objectives)")
+    p.add_argument("--samples", required=True, help="sample sheet: the slides, and labels for label-using objectives")
     p.add_argument("--classes", default="[]", help="JSON list of class names; the first is negative")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", required=True, help="results/encoders/{encoder}/{scope}/encoder.pt")
     p = add("qc", cmd_qc, "cohort QC table from tile stores and mask sidecars")
-    p.add_argument("--tiles", nargs="+", required=True)
-    p.add_argument("--masks", nargs="+", required=True)
+    p.add_argument("--tiles-dir", required=True, help="results/tiles: {slide}.zarr of every slide of --samples")
+    p.add_argument("--masks-dir", required=True, help="results/masks: {slide}.json of every slide of --samples")
+    p.add_argument("--samples", required=True, help="sample sheet: the slides, in its order")
     p.add_argument("--out", required=True)
     p.add_argument("--plot", default=None, help="cohort QC plot (PNG): tiles per slide coloured by status")
     p = add("export-h5", cmd_export_h5, "CLAM/TRIDENT-style HDF5 (coords [+ features]) of one tile store")
@@ -323,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MIL run dirs, results/mil/{encoder}/{model}/fold{k}[/seed{s}]")
     p.add_argument("--features-dir", required=True)
     p.add_argument("--samples", required=True)
-    p.add_argument("--annotations", default="{}", help="JSON slide_id -> annotation file")
+    p.add_argument("--annotations", default=None, help="results/annotations.json (annotations-index)")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--png-per-fold", type=int, default=2, help="heatmap PNGs per run (the rest: GeoJSON only)")
     p.add_argument("--title", default=None, help="title of the training curves (default: last two out-dir parts)")
@@ -340,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", required=True)
     p.add_argument("--samples", required=True)
     p.add_argument("--classes", required=True, help="JSON list of class names; the first is negative")
-    p.add_argument("--annotations", default="{}", help="JSON slide_id -> tumour GeoJSON")
+    p.add_argument("--annotations", default=None, help="results/annotations.json (annotations-index)")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="results/probe/{encoder}.csv")
@@ -362,7 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out-dir", required=True, help="results/hnm/{run}/fold{k}/round{t}")
     p = add("hnm-finetune", cmd_hnm_finetune, "hard-negative mining: fine-tune the encoder on one round's mined tiles")
-    p.add_argument("--tiles", nargs="+", required=True, help="tile stores (the training slides' are used)")
+    p.add_argument("--tiles-dir", required=True, help="results/tiles (the training slides' stores are used)")
+    p.add_argument("--samples", required=True, help="sample sheet: the slides of results/tiles")
     p.add_argument("--pseudo-labels", required=True, help="results/hnm/{run}/fold{k}/round{t}/pseudo_labels.npz")
     p.add_argument("--params", required=True, help="JSON of one config `hnm` entry")
     p.add_argument("--base", required=True, help="JSON of the base encoder's entry (arch, depth, input_size)")
@@ -373,8 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="results/encoders/{run}-r{t}/fold{k}/encoder.pt")
     p = add("hnm-mining", cmd_hnm_mining, "hard-negative mining evidence: mined negatives vs mimic annotations")
     p.add_argument("--rounds", nargs="+", required=True, help="round dirs results/hnm/{run}/fold{k}/round{t}")
-    p.add_argument("--tiles", nargs="+", required=True)
-    p.add_argument("--annotations", default="{}", help='JSON {"mimic": {slide: file}, "tumour": {slide: file}}')
+    p.add_argument("--tiles-dir", required=True, help="results/tiles")
+    p.add_argument("--samples", required=True, help="sample sheet: the slides of results/tiles")
+    p.add_argument("--annotations", default=None, help="results/annotations.json: mimic and tumour outlines per slide")
     p.add_argument("--params", required=True, help="JSON of one config `hnm` entry")
     p.add_argument("--out", required=True, help="results/hnm/{run}/mining.csv")
 

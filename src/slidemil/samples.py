@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
+
+from slidemil.files import write_text
 
 REQUIRED = ("slide_id", "path", "label", "patient_id")
 SPLITS = ("train", "val", "test")
@@ -79,3 +82,53 @@ def label_indices(path: str | Path, classes: list[str]) -> dict[str, int]:
     """slide_id -> index of its label in `classes` (0 = the negative class), from the sheet at `path`."""
     sheet = read_sheet(path)
     return {str(s): classes.index(lab) for s, lab in zip(sheet["slide_id"], sheet["label"])}
+
+
+def slide_paths(directory: str | Path, samples: str | Path, suffix: str) -> list[str]:
+    """`{directory}/{slide_id}{suffix}` for every slide of the sheet, in its order.
+
+    Rules over the whole cohort pass a folder and the sheet rather than n paths: at TCGA scale
+    (10,000 slides) the list would pass Linux's 128 KiB limit on one argument ("Argument list too
+    long"). The rule still declares every per-slide file as input, so Snakemake orders the jobs."""
+    return [str(Path(directory) / f"{slide}{suffix}") for slide in read_sheet(samples)["slide_id"]]
+
+
+# Where the demo workflow (config `demo.enabled`) writes each generated slide and its annotations.
+DEMO_SLIDES = "results/demo/slides/{slide}.tiff"
+DEMO_TUMOUR = "results/demo/annotations/{slide}.geojson"
+DEMO_MIMIC = "results/demo/annotations/{slide}.mimic.geojson"  # slidemil.demo.mimic_path of DEMO_TUMOUR
+
+
+def annotation_table(sheet: pd.DataFrame, demo: bool) -> dict[str, dict[str, str]]:
+    """{"tumour": {slide_id: GeoJSON/XML}, "mimic": {slide_id: GeoJSON}}: the sheet's `annotation`
+    column, and for the demo's generated slides (path DEMO_SLIDES) their tumour and mimic outlines."""
+    tumour: dict[str, str] = {}
+    mimic: dict[str, str] = {}
+    has_column = "annotation" in sheet.columns
+    for i, (sid, path) in enumerate(zip(sheet["slide_id"], sheet["path"])):
+        own = sheet["annotation"].iloc[i] if has_column else None
+        generated = demo and path == DEMO_SLIDES.format(slide=sid)
+        if isinstance(own, str):
+            tumour[sid] = own
+        elif generated:
+            tumour[sid] = DEMO_TUMOUR.format(slide=sid)
+        if generated:
+            mimic[sid] = DEMO_MIMIC.format(slide=sid)
+    return {"tumour": tumour, "mimic": mimic}
+
+
+def write_annotation_table(samples: str | Path, demo: bool, out: str | Path) -> None:
+    """results/annotations.json: the annotation files of the cohort (probe, heatmaps and the mining
+    evidence read it; as one command-line argument it would overflow at a few thousand slides)."""
+    write_text(json.dumps(annotation_table(read_sheet(samples), demo), indent=1), out)
+
+
+def read_annotation_table(path: str | Path | None) -> dict[str, dict[str, str]]:
+    """The table written by write_annotation_table; no path: no annotations."""
+    if not path:
+        return {"tumour": {}, "mimic": {}}
+    try:
+        table = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise SampleSheetError(f"{path}: unreadable annotation table ({e}); delete it and rerun snakemake") from e
+    return {"tumour": table.get("tumour", {}), "mimic": table.get("mimic", {})}

@@ -14,13 +14,12 @@ SRC = Path(workflow.current_basedir).parents[1] / "src"
 sys.path.insert(0, str(SRC))  # the sheet checks below are slidemil's own (src/slidemil/samples.py)
 from slidemil.codeversion import code_version as _code_version  # noqa: E402
 from slidemil.jobs import slide_batches  # noqa: E402
-from slidemil.samples import check_sheet, read_sheet  # noqa: E402
+from slidemil.samples import DEMO_MIMIC, DEMO_SLIDES, DEMO_TUMOUR, annotation_table, check_sheet, read_sheet  # noqa: E402
 from slidemil.mil.params import check_mil_config, mil_grid  # noqa: E402
 
 validate(config, schema="../schemas/config.schema.yaml")
 MIL_RUNS = check_mil_config(config["mil"], n_classes=len(config["classes"]))  # run -> params JSON, checked
 
-DEMO_SLIDES = "results/demo/slides/{slide}.tiff"
 SAMPLES = read_sheet(config["samples"])
 validate(SAMPLES, schema="../schemas/samples.schema.yaml")
 # demo slides are made by rule demo_slide, so their paths need not exist yet
@@ -32,6 +31,8 @@ SLIDES = list(SAMPLES.index)
 SLIDE_PATHS = dict(zip(SLIDES, SAMPLES["path"]))
 SLIDE_MPP = {s: float(m) for s, m in zip(SLIDES, SAMPLES["mpp"]) if m == m} if "mpp" in SAMPLES.columns else {}
 SLIDE_LABELS = dict(zip(SLIDES, SAMPLES["label"]))
+ANNOTATION_TABLE = annotation_table(SAMPLES, config["demo"]["enabled"])  # tumour and mimic outlines per slide
+ANNOTATIONS = "results/annotations.json"  # the same table, for the jobs (rule annotations_index)
 ENCODERS = {e["name"]: e for e in config["encoders"]}
 N_FOLDS = 1 if config["evaluate"]["use_official_split"] else config["evaluate"]["n_folds"]
 
@@ -170,20 +171,8 @@ def heatmap_fold_dirs(wildcards) -> str:
     return " ".join(str(Path(p).parent) for p in heatmap_predictions(wildcards))
 
 
-def annotations_arg() -> str:
-    """Slide -> tumour annotation (sheet column `annotation`, or the demo's GeoJSON), as JSON."""
-    sheet = dict(zip(SLIDES, SAMPLES["annotation"])) if "annotation" in SAMPLES.columns else {}
-    ann = {}
-    for sid in SLIDES:
-        if isinstance(sheet.get(sid), str):
-            ann[sid] = sheet[sid]
-        elif SLIDE_PATHS[sid] in _generated:
-            ann[sid] = f"results/demo/annotations/{sid}.geojson"
-    return as_arg(ann)
-
-
 def all_outputs() -> list[str]:
-    probe = ["results/probe.csv"] if annotations_arg() != as_arg({}) else []  # needs tumour annotations
+    probe = ["results/probe.csv"] if ANNOTATION_TABLE["tumour"] else []  # needs tumour annotations
     return ["results/benchmark.csv", "results/qc/cohort.tsv", *probe,
             *(f"results/heatmaps/{encoder}/{model}/instance_metrics.csv"
               for model, encoders in MIL_GRID.items() for encoder in encoders),
@@ -226,7 +215,8 @@ def fold_encoder_arg(wildcards) -> str:
 
 
 def pretrain_inputs(wildcards) -> dict:
-    """Every tile store (the CLI keeps the scope's slides), graphs for spatial pairs, folds for fold scopes."""
+    """Every tile store (the CLI finds them from the sheet and keeps the scope's slides), graphs for spatial
+    pairs, folds for fold scopes."""
     params = PRETRAIN[wildcards.encoder]
     if wildcards.scope not in PRETRAIN_SCOPES[wildcards.encoder]:
         raise ValueError(f"pretrain {wildcards.encoder}: scope {wildcards.scope} is not one of "
@@ -236,6 +226,11 @@ def pretrain_inputs(wildcards) -> dict:
     if wildcards.scope != "all":
         inputs["folds"] = "results/folds.csv"
     return inputs
+
+
+def pretrain_graphs_flag(wildcards) -> str:
+    """Spatial and mixed samplers read the neighbour graphs (results/graphs/{slide}.npz)."""
+    return "" if PRETRAIN[wildcards.encoder].sampler == "augment" else "--graphs-dir results/graphs"
 
 
 def pretrain_arg(wildcards) -> str:
@@ -347,16 +342,6 @@ def hnm_base_arg(wildcards) -> str:
     return as_arg(hnm_base_entry(wildcards.run, wildcards.fold))
 
 
-def hnm_annotations() -> dict[str, dict[str, str]]:
-    """Mimic outlines (demo slides only) and tumour annotations per slide, for the mining evidence."""
-    paths = dict(zip(SAMPLES["slide_id"], SAMPLES["path"]))
-    demo = [s for s in SLIDES if paths[s] in _generated]
-    tumour = {s: f"results/demo/annotations/{s}.geojson" for s in demo}
-    if "annotation" in SAMPLES.columns:
-        tumour.update({s: a for s, a in zip(SAMPLES["slide_id"], SAMPLES["annotation"]) if isinstance(a, str)})
-    return {"mimic": {s: f"results/demo/annotations/{s}.mimic.geojson" for s in demo}, "tumour": tumour}
-
-
 def hnm_run_rounds(wildcards) -> list[str]:
     """Every round dir of a run: results/hnm/{run}/fold{k}/round{t}."""
     return [hnm_round_dir(wildcards.run, k, t) for k in range(N_FOLDS) for t in range(1, HNM[wildcards.run].rounds + 1)]
@@ -365,8 +350,8 @@ def hnm_run_rounds(wildcards) -> list[str]:
 def hnm_mining_inputs(wildcards) -> dict:
     rounds = hnm_run_rounds(wildcards)
     return {"gates": [f"{d}/gate.json" for d in rounds], "labels": [f"{d}/pseudo_labels.npz" for d in rounds],
-            "tiles": expand("results/tiles/{slide}.zarr", slide=SLIDES),
-            "mimics": list(hnm_annotations()["mimic"].values())}
+            "tiles": expand("results/tiles/{slide}.zarr", slide=SLIDES), "samples": config["samples"],
+            "annotations": ANNOTATIONS, "mimics": list(ANNOTATION_TABLE["mimic"].values())}
 
 
 def hnm_rounds_arg(wildcards) -> str:

@@ -6,8 +6,8 @@
 rule demo_slide:
     output:
         slide=DEMO_SLIDES,
-        annotation="results/demo/annotations/{slide}.geojson",
-        mimic="results/demo/annotations/{slide}.mimic.geojson",  # written beside `annotation` (slidemil.demo.mimic_path)
+        annotation=DEMO_TUMOUR,
+        mimic=DEMO_MIMIC,  # written beside `annotation` (slidemil.demo.mimic_path)
     params:
         positive=demo_positive,
         seed=config["seed"],

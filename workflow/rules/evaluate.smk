@@ -59,6 +59,7 @@ rule heatmaps:
         predictions=heatmap_predictions,
         features=heatmap_features,
         samples=config["samples"],
+        annotations=ANNOTATIONS,
     output:
         metrics=report(
             "results/heatmaps/{encoder}/{model}/instance_metrics.csv",
@@ -93,7 +94,6 @@ rule heatmaps:
         ),
     params:
         folds=heatmap_fold_dirs,
-        annotations=annotations_arg(),
         features_dir=heatmap_features_dir,
         out_dir="results/heatmaps/{encoder}/{model}",
         title="{encoder} / {model}",
@@ -103,7 +103,7 @@ rule heatmaps:
     conda:
         "../../envs/torch.yaml"
     shell:
-        "python -m slidemil heatmaps --folds {params.folds} --features-dir '{params.features_dir}' --samples {input.samples:q} --annotations {params.annotations} --out-dir {params.out_dir} --title '{params.title}' 2> {log:q}"
+        "python -m slidemil heatmaps --folds {params.folds} --features-dir '{params.features_dir}' --samples {input.samples:q} --annotations {input.annotations:q} --out-dir {params.out_dir} --title '{params.title}' 2> {log:q}"
 
 
 # Linear probe of each encoder's tile features against the tumour annotations (slidemil.probe).
@@ -112,12 +112,12 @@ rule probe:
         features=heatmap_features,  # the encoder's feature index(es), per fold for fold-trained ones
         folds="results/folds.csv",
         samples=config["samples"],
+        annotations=ANNOTATIONS,
     output:
         "results/probe/{encoder}.csv",
     params:
         features_dir=heatmap_features_dir,
         classes=as_arg(config["classes"]),
-        annotations=annotations_arg(),
         bootstrap=config["evaluate"]["bootstrap"],
         seed=config["seed"],
         code=code_version("cli:cmd_probe"),
@@ -126,7 +126,7 @@ rule probe:
     conda:
         "../../envs/torch.yaml"
     shell:
-        "python -m slidemil probe --encoder {wildcards.encoder} --features-dir {params.features_dir:q} --folds {input.folds:q} --samples {input.samples:q} --classes {params.classes} --annotations {params.annotations} --bootstrap {params.bootstrap} --seed {params.seed} --out {output:q} 2> {log:q}"
+        "python -m slidemil probe --encoder {wildcards.encoder} --features-dir {params.features_dir:q} --folds {input.folds:q} --samples {input.samples:q} --classes {params.classes} --annotations {input.annotations:q} --bootstrap {params.bootstrap} --seed {params.seed} --out {output:q} 2> {log:q}"
 
 
 rule probe_table:

@@ -47,7 +47,8 @@ rule hnm_finetune:
     input:
         labels="results/hnm/{run}/fold{fold}/round{round}/pseudo_labels.npz",
         init=hnm_init_weights,
-        tiles=expand("results/tiles/{slide}.zarr", slide=SLIDES),
+        tiles=expand("results/tiles/{slide}.zarr", slide=SLIDES),  # the CLI finds them from the sheet
+        samples=config["samples"],
     output:
         "results/encoders/{run}-r{round}/fold{fold}/encoder.pt",
     params:
@@ -72,7 +73,7 @@ rule hnm_finetune:
     conda:
         "../../envs/torch.yaml"
     shell:
-        "python -m slidemil hnm-finetune --tiles {input.tiles:q} --pseudo-labels {input.labels:q} "
+        "python -m slidemil hnm-finetune --tiles-dir results/tiles --samples {input.samples:q} --pseudo-labels {input.labels:q} "
         "--params {params.cfg} --base {params.base} {params.init} --seed {params.seed} --device {params.device} "
         "--threads {threads} --out {output:q} 2> {log:q}"
 
@@ -89,7 +90,6 @@ rule hnm_mining:
         ),
     params:
         rounds=hnm_rounds_arg,
-        annotations=as_arg(hnm_annotations()),
         cfg=hnm_arg,
         code=code_version("cli:cmd_hnm_mining"),
     log:
@@ -99,5 +99,5 @@ rule hnm_mining:
     conda:
         "../../envs/torch.yaml"
     shell:
-        "python -m slidemil hnm-mining --rounds {params.rounds} --tiles {input.tiles:q} "
-        "--annotations {params.annotations} --params {params.cfg} --out {output:q} 2> {log:q}"
+        "python -m slidemil hnm-mining --rounds {params.rounds} --tiles-dir results/tiles --samples {input.samples:q} "
+        "--annotations {input.annotations:q} --params {params.cfg} --out {output:q} 2> {log:q}"

@@ -54,3 +54,22 @@ rule graphs_index:
         "../../envs/slide-io.yaml"
     shell:
         "python -m slidemil graphs-index --graphs-dir results/graphs --samples {input.samples:q} --out {output:q} 2> {log:q}"
+
+
+rule annotations_index:
+    input:
+        samples=config["samples"],
+    output:
+        ANNOTATIONS,
+    params:
+        demo="--demo" if config["demo"]["enabled"] else "",
+        code=code_version("cli:cmd_annotations_index"),
+    log:
+        "logs/annotations_index.log",
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../../envs/slide-io.yaml"
+    shell:
+        "python -m slidemil annotations-index --samples {input.samples:q} {params.demo} --out {output:q} 2> {log:q}"

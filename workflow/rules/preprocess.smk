@@ -76,6 +76,7 @@ rule qc_cohort:
     input:
         tiles=expand("results/tiles/{slide}.zarr", slide=SLIDES),
         masks=expand("results/masks/{slide}.json", slide=SLIDES),
+        samples=config["samples"],  # names the slides (n paths on the command line would overflow it)
     output:
         table=report(
             "results/qc/cohort.tsv",
@@ -96,7 +97,7 @@ rule qc_cohort:
     conda:
         "../../envs/slide-io.yaml"
     shell:
-        "python -m slidemil qc --tiles {input.tiles:q} --masks {input.masks:q} --out {output.table:q} --plot {output.plot:q} 2> {log:q}"
+        "python -m slidemil qc --tiles-dir results/tiles --masks-dir results/masks --samples {input.samples:q} --out {output.table:q} --plot {output.plot:q} 2> {log:q}"
 
 
 # Optional, not in `rule all`: CLAM/TRIDENT-style HDF5 per slide (`snakemake --cores 2 export_h5_all`).

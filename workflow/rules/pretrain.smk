@@ -12,6 +12,7 @@ rule pretrain:
     params:
         cfg=pretrain_arg,
         folds=pretrain_folds_flag,
+        graphs=pretrain_graphs_flag,
         classes=as_arg(config["classes"]),
         seed=config["seed"],
         device=config.get("embed", {}).get("device", "auto"),
@@ -32,6 +33,6 @@ rule pretrain:
     conda:
         "../../envs/torch.yaml"
     shell:
-        "{params.launcher} pretrain --params {params.cfg} --scope {wildcards.scope} --tiles {input.tiles:q} "
-        "--graphs {input.graphs:q} {params.folds} --samples {input.samples:q} --classes {params.classes} "
+        "{params.launcher} pretrain --params {params.cfg} --scope {wildcards.scope} --tiles-dir results/tiles "
+        "{params.graphs} {params.folds} --samples {input.samples:q} --classes {params.classes} "
         "--seed {params.seed} --device {params.device} --threads {threads} --out {output:q} 2> {log:q}"
