@@ -119,3 +119,11 @@ def test_mimic_geojson_written_beside_tumour_geojson(tmp_path):
         if label:
             in_tumour = tile_labels(coords, LOWRES_STEP, ann).reshape(ys.shape).astype(bool)
             assert not (in_tumour & in_mimic).any()
+
+
+@pytest.mark.parametrize("slide_id", ["bench_007", "bench_077", "bench_155"])
+def test_slides_with_little_tissue_left_for_lobules_render(slide_id):
+    """These benchmark slides asked for more lobule area than tumour and mimics had left (a quantile
+    above 1 raised): the lobules now take all of what is left."""
+    r = render(slide_seed(0, slide_id), True)
+    assert r.rgb.shape[:2] == (DemoSlideSpec().height, DemoSlideSpec().width)

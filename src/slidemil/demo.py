@@ -76,7 +76,9 @@ def _threshold_for_fraction(field: np.ndarray, fraction: float, within: np.ndarr
     values = field[within] if within is not None else field.ravel()
     if values.size == 0:
         return np.zeros_like(field, dtype=bool)
-    cut = np.quantile(values, 1.0 - fraction)
+    # a slide with little room left (e.g. lobules in the tissue that tumour and mimics spared) can ask for
+    # more than all of it: take all of it
+    cut = np.quantile(values, 1.0 - min(max(fraction, 0.0), 1.0))
     out = field > cut
     return out & within if within is not None else out
 
