@@ -69,7 +69,7 @@ def test_embed_with_unpaired_outputs_is_an_error(tmp_path):
         embed_slides(["a.zarr", "b.zarr"], ["a.zarr"], EncoderSpec("x"), 0)
 
 
-@pytest.mark.parametrize("name", ["cmd_mask", "cmd_tile", "cmd_graph", "cmd_qc", "cmd_folds", "cmd_embed",
+@pytest.mark.parametrize("name", ["cmd_mask", "cmd_tile", "cmd_preprocess", "cmd_graph", "cmd_qc", "cmd_folds", "cmd_embed",
                                   "cmd_export_h5", "cmd_evaluate", "cmd_demo_slide"])
 def test_stage_commands_call_one_stage_function_and_hold_no_logic(name):
     fn = next(n for n in ast.parse(CLI.read_text()).body if isinstance(n, ast.FunctionDef) and n.name == name)

@@ -66,9 +66,11 @@ def test_real_stages_cover_the_modules_their_code_reads():
     assert {"metrics.py", "store.py", "mil/train.py"} <= set(import_closure(pkg, ["cli:cmd_mil"]))
     assert {"qcpicture.py", "failures.py", "files.py", "tiling.py"} <= set(import_closure(pkg, ["cli:cmd_tile"]))
     assert {"qcpicture.py", "failures.py", "tissue.py"} <= set(import_closure(pkg, ["cli:cmd_mask"]))
+    # the workflow's per-slide job masks and tiles: both stages' modules
+    assert {"tissue.py", "tiling.py", "slide.py", "store.py"} <= set(import_closure(pkg, ["cli:cmd_preprocess"]))
 
 
-@pytest.mark.parametrize("stage", ["cli:cmd_mil", "cli:cmd_tile", "cli:cmd_heatmaps", "cli:cmd_embed"])
+@pytest.mark.parametrize("stage", ["cli:cmd_mil", "cli:cmd_preprocess", "cli:cmd_heatmaps", "cli:cmd_embed"])
 def test_editing_any_module_a_real_stage_imports_changes_its_version(tmp_path, stage):
     import shutil
 

@@ -64,6 +64,8 @@ def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
             rule = m.group(1)  # batched embedding: embed_b{batch}_{encoder}[_fold{k}] (one rule per batch)
             if re.fullmatch(r"embed_b\d+_\w+", rule):
                 rule = "embed_fold" if re.fullmatch(r"embed_b\d+_\w+_fold\d+", rule) else "embed"
+            elif re.fullmatch(r"graph_b\d+", rule):  # graphs: one rule per batch too
+                rule = "graph"
             jobs[rule] = jobs.get(rule, 0) + int(m.group(2))
     return jobs
 
@@ -106,9 +108,10 @@ def test_end_to_end_benchmark(finished_run):
     assert len(list((heat / "png").glob("*.png"))) == 4  # 2 per fold
     assert len(list((heat / "geojson").glob("*.geojson"))) == 8  # every test slide, for QuPath
     assert (heat / "froc.csv").stat().st_size > 0 and (heat / "training_curves.png").stat().st_size > 0
-    for rule in ("mask", "tile", "graph", "embed", "mil"):
+    for rule in ("tile", "graph", "embed", "mil"):
         assert list((finished_run / "logs" / rule).rglob("*.log")), f"no logs for {rule}"
-    assert "tile" in (finished_run / "logs" / "tile" / "t1.log").read_text()  # tqdm/logging reached the log
+    tile_log = (finished_run / "logs" / "tile" / "t1.log").read_text()  # tqdm/logging reached the log
+    assert "tissue" in tile_log and "tile" in tile_log  # one job per slide: the mask, then the tiles
 
 
 @pytest.mark.e2e
@@ -119,7 +122,10 @@ def test_rerun_plans_only_changed_stages(finished_run):
     _tiny_config(finished_run, **{"tile.tile_size": 48})
     planned = planned_rules(finished_run)
     assert {"tile", "graph", "embed", "mil", "evaluate", "qc_cohort"} <= planned
-    assert "mask" not in planned and "demo_slide" not in planned
+    assert "demo_slide" not in planned
+    _tiny_config(finished_run, **{"graph.radius": 2})  # graphs are their own jobs: tiles stay
+    planned = planned_rules(finished_run)
+    assert {"graph", "graphs_index", "mil"} <= planned and "tile" not in planned
     _tiny_config(finished_run)  # back to the finished config
 
 
@@ -130,7 +136,7 @@ def test_adding_a_slide_runs_only_its_jobs_and_cohort_stages(finished_run):
     try:
         sheet.write_text(original + "t_new\tresults/demo/slides/t_new.tiff\ttumour\tP_new\n")
         jobs = planned_jobs(finished_run)
-        per_slide = {r: jobs.get(r) for r in ("demo_slide", "mask", "tile", "graph")}
+        per_slide = {r: jobs.get(r) for r in ("demo_slide", "tile", "graph")}
         assert per_slide == dict.fromkeys(per_slide, 1), jobs  # only the new slide
         # embedding: the new slide's batch under the random encoder, and all 3 batches under the
         # transductive simclr-spatial encoder, whose pretraining on the cohort reruns with a new slide
@@ -211,7 +217,7 @@ def test_no_command_line_grows_with_the_cohort(tmp_path):
         out = snakemake(workdir, "-n", "-p").stdout
         per_rule = longest.setdefault(n, {})
         for m in re.finditer(r"^rule (\w+):\n(?:    .*\n)*Shell command: (.*)$", out, re.M):
-            if not m.group(1).startswith("embed_b"):  # a batch lists its own slides (embed.slides_per_job)
+            if not re.match(r"(embed|graph)_b\d+", m.group(1)):  # a batch lists its slides (slides_per_job)
                 per_rule[m.group(1)] = max(per_rule.get(m.group(1), 0), len(m.group(2)))
     cohort_wide = {"qc_cohort", "pretrain", "hnm_mine", "hnm_finetune", "hnm_mining", "probe", "heatmaps",
                    "annotations_index", "graphs_index", "features_index"}

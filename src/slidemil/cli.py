@@ -48,10 +48,20 @@ def cmd_tile(a: argparse.Namespace) -> None:
                        on_error=a.on_slide_error)
 
 
-def cmd_graph(a: argparse.Namespace) -> None:
-    from slidemil.graph import graph_of_store
+def cmd_preprocess(a: argparse.Namespace) -> None:
+    from slidemil.tiling import TileParams, mask_and_tile_or_flag
+    from slidemil.tissue import TissueParams
 
-    graph_of_store(a.tiles, a.out, a.radius)
+    m = _json(a.mask_params)
+    mask_and_tile_or_flag(a.slide, a.slide_id, a.mask, a.mask_qc, a.out, a.qc, TissueParams(**_fields(TissueParams, m)),
+                          m.get("mask_mpp", 8.0), TileParams(**_fields(TileParams, _json(a.params))), a.mpp,
+                          threads=a.threads, on_error=a.on_slide_error)
+
+
+def cmd_graph(a: argparse.Namespace) -> None:
+    from slidemil.graph import graphs_of_stores
+
+    graphs_of_stores(a.tiles, a.out, a.radius)
 
 
 def cmd_features_index(a: argparse.Namespace) -> None:
@@ -246,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotation", required=True)
 
     for name, fn, help_ in (("mask", cmd_mask, "tissue mask + QC overlay of one slide"),
-                            ("tile", cmd_tile, "tile one slide into a Zarr store")):
+                            ("tile", cmd_tile, "tile one slide into a Zarr store"),
+                            ("preprocess", cmd_preprocess, "mask, then tile, one slide (the workflow's per-slide job)")):
         p = add(name, fn, help_)
         p.add_argument("--slide", required=True)
         p.add_argument("--slide-id", required=True)
@@ -256,15 +267,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--qc", required=True, help="QC PNG to write")
         p.add_argument("--on-slide-error", choices=("skip", "fail"), default="fail",
                        help="skip: log one ERROR line and write outputs flagged failed (exit 0); fail: exit 1")
-        if name == "tile":
-            p.add_argument("--mask", required=True)
+        if name in ("tile", "preprocess"):
+            p.add_argument("--mask", required=True, help="the tissue mask PNG (preprocess: written first)")
             p.add_argument("--mask-qc", required=True, help="the mask stage's QC PNG (background picture)")
             p.add_argument("--threads", type=int, default=1, help="shards tiled in parallel (the rule's threads)")
+        if name == "preprocess":
+            p.add_argument("--mask-params", default="{}", help="JSON of config `mask` (--params: of config `tile`)")
 
-    p = add("graph", cmd_graph, "neighbour graph of one tile store")
-    p.add_argument("--tiles", required=True)
+    p = add("graph", cmd_graph, "neighbour graphs of tile stores")
+    p.add_argument("--tiles", nargs="+", required=True, help="tile stores, one per slide")
     p.add_argument("--radius", type=int, default=1)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", nargs="+", required=True, help="graphs (.npz), in the order of --tiles")
 
     p = add("embed", cmd_embed, "embed one tile store with a frozen encoder")
     p.add_argument("--tiles", nargs="+", required=True, help="tile stores, one per slide")

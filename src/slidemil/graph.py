@@ -52,6 +52,14 @@ def load_graph(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         return z["indptr"], z["indices"]
 
 
+def graphs_of_stores(tiles: list[str], outs: list[str], radius: int = 1) -> None:
+    """The graph job: one graph per tile store (a batch of slides per job, `graph.slides_per_job`)."""
+    if len(tiles) != len(outs):
+        raise ValueError(f"{len(tiles)} --tiles but {len(outs)} --out: give one output per tile store")
+    for store, out in zip(tiles, outs):
+        graph_of_store(store, out, radius)
+
+
 def graph_of_store(tiles: str | Path, out: str | Path, radius: int = 1) -> int:
     """The graph stage: the neighbour graph of a tile store's grid written to `out`; returns the edges."""
     import logging

@@ -408,4 +408,19 @@ def tile_slide_or_flag(slide_path: str | Path, slide_id: str, mask_png: str | Pa
     return attrs
 
 
-__all__ = ["TileParams", "tile_slide", "tile_slide_or_flag", "select_tiles", "tile_fractions", "SlideError", "load_mask"]
+def mask_and_tile_or_flag(slide_path: str | Path, slide_id: str, mask_png: str | Path, mask_qc_png: str | Path,
+                          out: str | Path, qc_png: str | Path, tissue, mask_mpp: float, params: TileParams,
+                          mpp_override: float | None = None, threads: int = 1, on_error: str = "fail") -> dict:
+    """The workflow's per-slide job: the tissue mask (slidemil.tissue.mask_slide_or_flag), then the
+    tiles (`tile_slide_or_flag`), in one process. One job per slide instead of two: Snakemake's
+    planning time grows with the number of jobs (10,000 slides), and the mask costs one thumbnail
+    read, so redoing it when only tile parameters change is cheap. `tissue`: a TissueParams."""
+    from slidemil.tissue import mask_slide_or_flag
+
+    mask_slide_or_flag(slide_path, slide_id, mask_png, mask_qc_png, tissue, mask_mpp=mask_mpp,
+                       mpp_override=mpp_override, on_error=on_error)
+    return tile_slide_or_flag(slide_path, slide_id, mask_png, mask_qc_png, out, qc_png, params, mpp_override,
+                              threads=threads, on_error=on_error)
+
+
+__all__ = ["TileParams", "mask_and_tile_or_flag", "tile_slide", "tile_slide_or_flag", "select_tiles", "tile_fractions", "SlideError", "load_mask"]

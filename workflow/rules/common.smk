@@ -78,6 +78,7 @@ ALL_ENCODERS = [*ENCODERS, *FOLD_ENCODERS]  # every encoder of the benchmark
 MIL_GRID = mil_grid(config["mil"], ALL_ENCODERS)  # MIL run -> the encoders it is trained on
 EMBED_PER_JOB = config["embed"].get("slides_per_job", 1)
 EMBED_BATCHES = slide_batches(SLIDES, EMBED_PER_JOB)
+GRAPH_BATCHES = slide_batches(SLIDES, config["graph"].get("slides_per_job", 32))
 
 
 wildcard_constraints:

@@ -1,75 +1,63 @@
-# Per-slide preprocessing: tissue mask, tiles on the global grid, neighbour graph, cohort QC.
+# Per-slide preprocessing: tissue mask and tiles on the global grid, neighbour graphs, cohort QC.
 
 
-rule mask:
-    input:
-        slide=slide_path,
-    output:
-        mask="results/masks/{slide}.png",
-        meta="results/masks/{slide}.json",
-        qc="results/qc/mask/{slide}.png",
-    params:
-        cfg=as_arg(config["mask"]),
-        mpp=mpp_arg,
-        on_error=config["on_slide_error"],
-        code=code_version("cli:cmd_mask"),
-    log:
-        "logs/mask/{slide}.log",
-    benchmark:
-        "results/benchmarks/mask/{slide}.tsv"
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        "../../envs/slide-io.yaml"
-    shell:
-        "python -m slidemil mask --slide {input.slide:q} --slide-id {wildcards.slide} {params.mpp} --params {params.cfg} --on-slide-error {params.on_error} --out {output.mask:q} --qc {output.qc:q} 2> {log:q}"
-
-
+# One job per slide masks, then tiles (slidemil.tiling.mask_and_tile_or_flag): a job per stage would
+# double Snakemake's planning at 10,000 slides, and the mask is one thumbnail read, so a change of tile
+# parameters redoing it costs little.
 rule tile:
     input:
         slide=slide_path,
+    output:
         mask="results/masks/{slide}.png",
         meta="results/masks/{slide}.json",
         mask_qc="results/qc/mask/{slide}.png",
-    output:
         tiles=directory("results/tiles/{slide}.zarr"),
         qc="results/qc/tiles/{slide}.png",
     params:
+        mask=as_arg(config["mask"]),
         cfg=as_arg(config["tile"]),
         mpp=mpp_arg,
         on_error=config["on_slide_error"],
-        code=code_version("cli:cmd_tile"),
+        code=code_version("cli:cmd_preprocess"),
     log:
         "logs/tile/{slide}.log",
     benchmark:
         "results/benchmarks/tile/{slide}.tsv"
     threads: 2
     resources:
-        mem_mb=1500,
-        runtime=30,
+        mem_mb=2000,
+        runtime=40,
     conda:
         "../../envs/slide-io.yaml"
     shell:
-        "python -m slidemil tile --slide {input.slide:q} --slide-id {wildcards.slide} {params.mpp} --params {params.cfg} --on-slide-error {params.on_error} --mask {input.mask:q} --mask-qc {input.mask_qc:q} --threads {threads} --out {output.tiles:q} --qc {output.qc:q} 2> {log:q}"
+        "python -m slidemil preprocess --slide {input.slide:q} --slide-id {wildcards.slide} {params.mpp} "
+        "--mask-params {params.mask} --params {params.cfg} --on-slide-error {params.on_error} --mask {output.mask:q} "
+        "--mask-qc {output.mask_qc:q} --threads {threads} --out {output.tiles:q} --qc {output.qc:q} 2> {log:q}"
 
 
-rule graph:
-    input:
-        tiles="results/tiles/{slide}.zarr",
-    output:
-        "results/graphs/{slide}.npz",
-    params:
-        radius=config["graph"]["radius"],
-        code=code_version("cli:cmd_graph"),
-    log:
-        "logs/graph/{slide}.log",
-    benchmark:
-        "results/benchmarks/graph/{slide}.tsv"
-    conda:
-        "../../envs/slide-io.yaml"
-    shell:
-        "python -m slidemil graph --tiles {input.tiles:q} --radius {params.radius} --out {output:q} 2> {log:q}"
+# Neighbour graphs, a batch of slides per job (config graph.slides_per_job; hash buckets as in embed.smk,
+# so adding a slide reruns its batch), one rule per batch with literal outputs (see embed.smk for why).
+for _batch, _slides in GRAPH_BATCHES.items():
+
+    rule:
+        name:
+            f"graph_b{_batch}"
+        input:
+            tiles=expand("results/tiles/{slide}.zarr", slide=_slides),
+        output:
+            [f"results/graphs/{s}.npz" for s in _slides],
+        params:
+            radius=config["graph"]["radius"],
+            code=code_version("cli:cmd_graph"),
+        log:
+            f"logs/graph/batch{_batch}.log",
+        resources:
+            mem_mb=1000,
+            runtime=30,
+        conda:
+            "../../envs/slide-io.yaml"
+        shell:
+            "python -m slidemil graph --tiles {input.tiles:q} --radius {params.radius} --out {output:q} 2> {log:q}"
 
 
 rule qc_cohort:
