@@ -238,6 +238,14 @@ def cmd_heatmaps(a: argparse.Namespace) -> None:
                      table["instance_auc"].mean(), table["instance_auc"].notna().sum())
 
 
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """--seed, --device and --threads, as every stage that runs a network takes them."""
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="slidemil", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -283,9 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tiles", nargs="+", required=True, help="tile stores, one per slide")
     p.add_argument("--encoder", required=True, help="JSON of one config `encoders` entry")
     p.add_argument("--weights", default=None, help="weights file (overrides the entry's `weights`)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=1)
+    add_run_args(p)
     p.add_argument("--out", nargs="+", required=True, help="feature stores, in the order of --tiles")
 
     # the sheet names the slides: n store paths on one command line would pass Linux's 128 KiB per argument
@@ -310,9 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", default=None, help="results/folds.csv (needed for fold scopes)")
     p.add_argument("--samples", required=True, help="sample sheet: the slides, and labels for label-using objectives")
     p.add_argument("--classes", default="[]", help="JSON list of class names; the first is negative")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=1)
+    add_run_args(p)
     p.add_argument("--out", required=True, help="results/encoders/{encoder}/{scope}/encoder.pt")
     p = add("qc", cmd_qc, "cohort QC table from tile stores and mask sidecars")
     p.add_argument("--tiles-dir", required=True, help="results/tiles: {slide}.zarr of every slide of --samples")
@@ -386,9 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--round", type=int, required=True)
     p.add_argument("--params", required=True, help="JSON of one config `hnm` entry")
     p.add_argument("--previous", default="", help="round t-1 dir (gate.json, pseudo_labels.npz); none for round 1")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=1)
+    add_run_args(p)
     p.add_argument("--out-dir", required=True, help="results/hnm/{run}/fold{k}/round{t}")
     p = add("hnm-finetune", cmd_hnm_finetune, "hard-negative mining: fine-tune the encoder on one round's mined tiles")
     p.add_argument("--tiles-dir", required=True, help="results/tiles (the training slides' stores are used)")
@@ -397,9 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", required=True, help="JSON of one config `hnm` entry")
     p.add_argument("--base", required=True, help="JSON of the base encoder's entry (arch, depth, input_size)")
     p.add_argument("--init", default="", help="round t-1 weights; none: the base's seeded random init")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=1)
+    add_run_args(p)
     p.add_argument("--out", required=True, help="results/encoders/{run}-r{t}/fold{k}/encoder.pt")
     p = add("hnm-mining", cmd_hnm_mining, "hard-negative mining evidence: mined negatives vs mimic annotations")
     p.add_argument("--rounds", nargs="+", required=True, help="round dirs results/hnm/{run}/fold{k}/round{t}")

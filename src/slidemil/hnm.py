@@ -39,6 +39,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from slidemil.configblock import from_block
+
 log = logging.getLogger(__name__)
 
 # DSMIL + MIRank defaults of the authors (Adam 2e-4, wd 1e-4, K = 10, weight 0.1); any key of
@@ -75,11 +77,7 @@ class HNMParams:
 
     @classmethod
     def from_dict(cls, d: dict) -> "HNMParams":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown hnm keys {sorted(unknown)}; known: {sorted(names)}")
-        p = cls(**d)
+        p = from_block(cls, d, "hnm")
         if p.gate_metric not in GATE_METRICS:
             raise ValueError(f"hnm gate_metric must be one of {sorted(GATE_METRICS)}, got {p.gate_metric!r}")
         if not 0 < p.neg_ratio <= 1 or not 0 < p.spl_start <= 1 or not 0 < p.spl_end <= 1:

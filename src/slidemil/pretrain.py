@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slidemil.configblock import from_block
 from slidemil.encoders import EncoderSpec, get_entry, load_checkpoint
 from slidemil.files import atomic_path, write_text
 from slidemil.ssl.augment import AugmentParams, BatchAugment
@@ -76,11 +77,7 @@ class PretrainParams:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PretrainParams":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown pretrain keys {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**d)
+        return from_block(cls, d, "pretrain")
 
     @property
     def uses_labels(self) -> bool:
