@@ -174,7 +174,7 @@ def heatmap_fold_dirs(wildcards) -> str:
 
 def all_outputs() -> list[str]:
     probe = ["results/probe.csv"] if ANNOTATION_TABLE["tumour"] else []  # needs tumour annotations
-    return ["results/benchmark.csv", "results/qc/cohort.tsv", *probe,
+    return ["results/benchmark.csv", QC_TABLE, *probe,
             *(f"results/heatmaps/{encoder}/{model}/instance_metrics.csv"
               for model, encoders in MIL_GRID.items() for encoder in encoders),
             GRAPHS_INDEX]  # every graph, through its index: one edge, not one per slide
@@ -216,14 +216,16 @@ def fold_encoder_arg(wildcards) -> str:
 
 
 def pretrain_inputs(wildcards) -> dict:
-    """Every tile store (the CLI finds them from the sheet and keeps the scope's slides), graphs for spatial
-    pairs, folds for fold scopes."""
+    """The QC table and the graphs' index, standing in for every tile store and graph (the CLI finds those
+    from the sheet and keeps the scope's slides), folds for fold scopes. Listing every store here made
+    planning quadratic: Snakemake checks each requested file against its producer's inputs, and each of
+    the n/8 embed batches requests this job's encoder.pt."""
     params = PRETRAIN[wildcards.encoder]
     if wildcards.scope not in PRETRAIN_SCOPES[wildcards.encoder]:
         raise ValueError(f"pretrain {wildcards.encoder}: scope {wildcards.scope} is not one of "
                          f"{PRETRAIN_SCOPES[wildcards.encoder]}")
-    inputs = {"tiles": expand("results/tiles/{slide}.zarr", slide=SLIDES), "samples": config["samples"],
-              "graphs": expand("results/graphs/{slide}.npz", slide=SLIDES) if params.sampler != "augment" else []}
+    inputs = {"tiles": QC_TABLE, "samples": config["samples"],
+              "graphs": GRAPHS_INDEX if params.sampler != "augment" else []}
     if wildcards.scope != "all":
         inputs["folds"] = "results/folds.csv"
     return inputs
@@ -266,6 +268,7 @@ def features_dir(wildcards) -> str:
 # Jobs that read every slide take one index per feature folder (rules features_index*), not n stores:
 # 48 MIL jobs x 2 stores per slide were most of the DAG's edges and of its planning time.
 GRAPHS_INDEX = "results/graphs/index.tsv"
+QC_TABLE = "results/qc/cohort.tsv"  # written from every tile store and mask: stands in for them as an input
 
 
 def features_index(encoder: str, fold) -> str:
@@ -351,7 +354,7 @@ def hnm_run_rounds(wildcards) -> list[str]:
 def hnm_mining_inputs(wildcards) -> dict:
     rounds = hnm_run_rounds(wildcards)
     return {"gates": [f"{d}/gate.json" for d in rounds], "labels": [f"{d}/pseudo_labels.npz" for d in rounds],
-            "tiles": expand("results/tiles/{slide}.zarr", slide=SLIDES), "samples": config["samples"],
+            "tiles": QC_TABLE, "samples": config["samples"],
             "annotations": ANNOTATIONS, "mimics": list(ANNOTATION_TABLE["mimic"].values())}
 
 

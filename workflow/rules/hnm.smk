@@ -47,7 +47,7 @@ rule hnm_finetune:
     input:
         labels="results/hnm/{run}/fold{fold}/round{round}/pseudo_labels.npz",
         init=hnm_init_weights,
-        tiles=expand("results/tiles/{slide}.zarr", slide=SLIDES),  # the CLI finds them from the sheet
+        tiles=QC_TABLE,  # stands in for every tile store (the CLI finds them from the sheet)
         samples=config["samples"],
     output:
         "results/encoders/{run}-r{round}/fold{fold}/encoder.pt",

@@ -67,7 +67,7 @@ rule qc_cohort:
         samples=config["samples"],  # names the slides (n paths on the command line would overflow it)
     output:
         table=report(
-            "results/qc/cohort.tsv",
+            QC_TABLE,
             caption="../report/qc_table.rst",
             category="6. Quality control",
             labels={"result": "QC per slide"},
