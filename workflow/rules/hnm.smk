@@ -30,6 +30,7 @@ rule hnm_mine:
         run="|".join(HNM) or "NONE",
         round=r"[1-9]\d*",
     threads: 1
+    priority: 10  # the mining rounds are one long chain: start each link as soon as it can run
     resources:
         gpu=1,
         mem_mb=8000,
@@ -66,6 +67,7 @@ rule hnm_finetune:
         run="|".join(HNM) or "NONE",
         round=r"[1-9]\d*",
     threads: 2
+    priority: 10
     resources:
         gpu=1,
         mem_mb=16000,

@@ -26,6 +26,7 @@ rule pretrain:
         encoder="|".join(PRETRAIN) or "NONE",
         scope=r"all|fold\d+",
     threads: 2
+    priority: 10  # a long job that every embed and MIL job of its encoder waits for
     resources:
         gpu=pretrain_gpus,
         mem_mb=16000,
