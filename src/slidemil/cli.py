@@ -175,8 +175,8 @@ def cmd_hnm_finetune(a: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(a.threads)
-    finetune_round(slide_paths(a.tiles_dir, a.samples, ".zarr"), a.pseudo_labels, HNMParams.from_dict(_json(a.params)), _json(a.base), a.init or None,
-                   a.out, a.seed, device=a.device)
+    finetune_round(slide_paths(a.tiles_dir, a.samples, ".zarr"), a.pseudo_labels, HNMParams.from_dict(_json(a.params)),
+                   _json(a.base), a.init or None, a.out, a.seed, device=a.device)
 
 
 def cmd_hnm_mining(a: argparse.Namespace) -> None:
