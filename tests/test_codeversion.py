@@ -86,3 +86,24 @@ def test_editing_any_module_a_real_stage_imports_changes_its_version(tmp_path, s
         assert code_version(pkg, stage) != before, module
         path.write_text(text)
     assert code_version(pkg, stage) == before
+
+
+def test_cli_function_sources_are_their_exact_text():
+    """The cached line slicing gives what ast.get_source_segment gives (non-ASCII lines included)."""
+    import ast
+
+    from slidemil.codeversion import _segment
+
+    text = (ROOT / "src" / "slidemil" / "cli.py").read_text() + '\ndef cmd_é(a):\n    return "é" + "x"\n'
+    lines = text.splitlines(keepends=True)
+    nodes = [n for n in ast.parse(text).body if isinstance(n, ast.FunctionDef)]
+    assert len(nodes) > 10
+    assert all(_segment(lines, n) == ast.get_source_segment(text, n) for n in nodes)
+
+
+def test_an_edited_module_changes_the_version_within_one_process(tmp_path):
+    """Parsed modules are cached per (mtime, size): an edit is still seen."""
+    pkg = _package(tmp_path)
+    before = code_version(pkg, "cli:cmd_a")
+    (pkg / "c.py").write_text("def helper():\n    return 1  # edited\n")
+    assert code_version(pkg, "cli:cmd_a") != before

@@ -29,7 +29,9 @@ def _tiny_config(workdir: Path, n_slides: int = 8, **overrides) -> Path:
     cfg["evaluate"].update(n_folds=2, bootstrap=50)
     cfg["mil"].update(epochs=3)
     cfg["seeds"] = [0, 1]  # the seed wildcard, at its smallest
-    cfg["embed"]["slides_per_job"] = 3  # batched embedding: 3 jobs per encoder, still 3 with a 9th slide
+    # batches of 3 to 6 slides: 2 per stage (a power of two), still 2 with a 9th slide; tile and embed
+    # batches are the same hash buckets, so a new slide re-tiles and re-embeds one batch
+    cfg["embed"]["slides_per_job"] = cfg["tile"]["slides_per_job"] = 3
     cfg["encoders"][0].update(depth=2)
     for entry in (cfg.get("pretrain") or {}).values():  # the pretrain stage runs, briefly
         entry.update(epochs=1, tiles_per_epoch=128, batch_size=32)
@@ -64,8 +66,8 @@ def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
             rule = m.group(1)  # batched embedding: embed_b{batch}_{encoder}[_fold{k}] (one rule per batch)
             if re.fullmatch(r"embed_b\d+_\w+", rule):
                 rule = "embed_fold" if re.fullmatch(r"embed_b\d+_\w+_fold\d+", rule) else "embed"
-            elif re.fullmatch(r"graph_b\d+", rule):  # graphs: one rule per batch too
-                rule = "graph"
+            elif re.fullmatch(r"(graph|tile)_b\d+", rule):  # graphs and tiles: one rule per batch too
+                rule = rule.split("_")[0]
             jobs[rule] = jobs.get(rule, 0) + int(m.group(2))
     return jobs
 
@@ -110,8 +112,9 @@ def test_end_to_end_benchmark(finished_run):
     assert (heat / "froc.csv").stat().st_size > 0 and (heat / "training_curves.png").stat().st_size > 0
     for rule in ("tile", "graph", "embed", "mil"):
         assert list((finished_run / "logs" / rule).rglob("*.log")), f"no logs for {rule}"
-    tile_log = (finished_run / "logs" / "tile" / "t1.log").read_text()  # tqdm/logging reached the log
-    assert "tissue" in tile_log and "tile" in tile_log  # one job per slide: the mask, then the tiles
+    tile_log = next(p for p in (finished_run / "logs" / "tile").glob("batch*.log") if "t1:" in p.read_text())
+    text = tile_log.read_text()  # tqdm/logging reached the batch's log, each slide's lines named
+    assert "tissue" in text and "tile" in text and "slides" in text  # per slide the mask, then the tiles
 
 
 @pytest.mark.e2e
@@ -137,10 +140,10 @@ def test_adding_a_slide_runs_only_its_jobs_and_cohort_stages(finished_run):
         sheet.write_text(original + "t_new\tresults/demo/slides/t_new.tiff\ttumour\tP_new\n")
         jobs = planned_jobs(finished_run)
         per_slide = {r: jobs.get(r) for r in ("demo_slide", "tile", "graph")}
-        assert per_slide == dict.fromkeys(per_slide, 1), jobs  # only the new slide
-        # embedding: the new slide's batch under the random encoder, and all 3 batches under the
+        assert per_slide == dict.fromkeys(per_slide, 1), jobs  # only the new slide('s batch)
+        # embedding: the new slide's batch under the random encoder, and both batches under the
         # transductive simclr-spatial encoder, whose pretraining on the cohort reruns with a new slide
-        assert jobs.get("embed") == 1 + 3 and jobs.get("pretrain") == 1, jobs
+        assert jobs.get("embed") == 1 + 2 and jobs.get("pretrain") == 1, jobs
         assert {"qc_cohort", "folds", "mil", "evaluate"} <= set(jobs)
         # the cohort's indexes are rewritten (one per encoder, and the graphs'), so MIL reruns through them
         assert jobs.get("features_index") == 2 and jobs.get("graphs_index") == 1, jobs
@@ -217,7 +220,7 @@ def test_no_command_line_grows_with_the_cohort(tmp_path):
         out = snakemake(workdir, "-n", "-p").stdout
         per_rule = longest.setdefault(n, {})
         for m in re.finditer(r"^rule (\w+):\n(?:    .*\n)*Shell command: (.*)$", out, re.M):
-            if not re.match(r"(embed|graph)_b\d+", m.group(1)):  # a batch lists its slides (slides_per_job)
+            if not re.match(r"(embed|graph|tile)_b\d+", m.group(1)):  # a batch lists its slides (slides_per_job)
                 per_rule[m.group(1)] = max(per_rule.get(m.group(1), 0), len(m.group(2)))
     cohort_wide = {"qc_cohort", "pretrain", "hnm_mine", "hnm_finetune", "hnm_mining", "probe", "heatmaps",
                    "annotations_index", "graphs_index", "features_index"}

@@ -49,13 +49,13 @@ def cmd_tile(a: argparse.Namespace) -> None:
 
 
 def cmd_preprocess(a: argparse.Namespace) -> None:
-    from slidemil.tiling import TileParams, mask_and_tile_or_flag
+    from slidemil.tiling import TileParams, preprocess_batch
     from slidemil.tissue import TissueParams
 
     m = _json(a.mask_params)
-    mask_and_tile_or_flag(a.slide, a.slide_id, a.mask, a.mask_qc, a.out, a.qc, TissueParams(**_fields(TissueParams, m)),
-                          m.get("mask_mpp", 8.0), TileParams(**_fields(TileParams, _json(a.params))), a.mpp,
-                          threads=a.threads, on_error=a.on_slide_error)
+    preprocess_batch(_json(a.slides), a.masks_dir, a.mask_qc_dir, a.tiles_dir, a.qc_dir,
+                     TissueParams(**_fields(TissueParams, m)), m.get("mask_mpp", 8.0),
+                     TileParams(**_fields(TileParams, _json(a.params))), threads=a.threads, on_error=a.on_slide_error)
 
 
 def cmd_graph(a: argparse.Namespace) -> None:
@@ -246,6 +246,15 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1)
 
 
+def add_on_error(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--on-slide-error", choices=("skip", "fail"), default="fail",
+                   help="skip: log one ERROR line and write outputs flagged failed (exit 0); fail: exit 1")
+
+
+def add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=1, help="shards tiled in parallel (the rule's threads)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="slidemil", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -264,8 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotation", required=True)
 
     for name, fn, help_ in (("mask", cmd_mask, "tissue mask + QC overlay of one slide"),
-                            ("tile", cmd_tile, "tile one slide into a Zarr store"),
-                            ("preprocess", cmd_preprocess, "mask, then tile, one slide (the workflow's per-slide job)")):
+                            ("tile", cmd_tile, "tile one slide into a Zarr store")):
         p = add(name, fn, help_)
         p.add_argument("--slide", required=True)
         p.add_argument("--slide-id", required=True)
@@ -273,14 +281,21 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--params", default="{}")
         p.add_argument("--out", required=True)
         p.add_argument("--qc", required=True, help="QC PNG to write")
-        p.add_argument("--on-slide-error", choices=("skip", "fail"), default="fail",
-                       help="skip: log one ERROR line and write outputs flagged failed (exit 0); fail: exit 1")
-        if name in ("tile", "preprocess"):
-            p.add_argument("--mask", required=True, help="the tissue mask PNG (preprocess: written first)")
+        add_on_error(p)
+        if name == "tile":
+            p.add_argument("--mask", required=True, help="the tissue mask PNG")
             p.add_argument("--mask-qc", required=True, help="the mask stage's QC PNG (background picture)")
-            p.add_argument("--threads", type=int, default=1, help="shards tiled in parallel (the rule's threads)")
-        if name == "preprocess":
-            p.add_argument("--mask-params", default="{}", help="JSON of config `mask` (--params: of config `tile`)")
+            add_threads(p)
+
+    p = add("preprocess", cmd_preprocess, "mask, then tile, each slide of a batch (the workflow's tile job)")
+    p.add_argument("--slides", required=True, help='JSON {slide_id: {"path": file, "mpp": float or null}}')
+    p.add_argument("--mask-params", default="{}", help="JSON of config `mask`")
+    p.add_argument("--params", default="{}", help="JSON of config `tile`")
+    for d, what in (("masks", "masks <id>.png + .json"), ("mask-qc", "mask QC <id>.png"),
+                    ("tiles", "tile stores <id>.zarr"), ("qc", "tile QC <id>.png")):
+        p.add_argument(f"--{d}-dir", required=True, help=what)
+    add_on_error(p)
+    add_threads(p)
 
     p = add("graph", cmd_graph, "neighbour graphs of tile stores")
     p.add_argument("--tiles", nargs="+", required=True, help="tile stores, one per slide")

@@ -14,6 +14,7 @@ editing one stage's command does not rerun every stage of a cohort.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 from pathlib import Path
 
@@ -66,6 +67,33 @@ def _imported_modules(tree: ast.AST, package_dir: Path, path: Path) -> set[Path]
     return found
 
 
+@functools.cache
+def _parsed(path: Path, stamp: tuple[int, int]) -> tuple[str, ast.Module, list[str]]:
+    """(text, syntax tree, lines with their endings) of a file as of `stamp` (mtime, size): a workflow
+    computes ~20 stages' closures over the same modules while it is read."""
+    text = path.read_text()
+    return text, ast.parse(text), text.splitlines(keepends=True)
+
+
+def _parse(path: Path) -> tuple[str, ast.Module, list[str]]:
+    st = path.stat()
+    return _parsed(path, (st.st_mtime_ns, st.st_size))
+
+
+@functools.cache
+def _module_imports(package_dir: Path, path: Path, stamp: tuple[int, int]) -> frozenset[Path]:
+    return frozenset(_imported_modules(_parsed(path, stamp)[1], package_dir, path))
+
+
+def _segment(lines: list[str], node: ast.stmt) -> str:
+    """ast.get_source_segment(text, node) from the file's lines, without splitting the text again per call."""
+    first, last = node.lineno - 1, node.end_lineno - 1  # type: ignore[operator]
+    if first == last:
+        return lines[first].encode()[node.col_offset:node.end_col_offset].decode()
+    return (lines[first].encode()[node.col_offset:].decode() + "".join(lines[first + 1:last])
+            + lines[last].encode()[:node.end_col_offset].decode())
+
+
 def import_closure(package_dir: Path, roots: list[str]) -> dict[str, str]:
     """Source text that determines the stage: {label: text} for every root and module it imports."""
     package_dir = Path(package_dir)
@@ -74,7 +102,7 @@ def import_closure(package_dir: Path, roots: list[str]) -> dict[str, str]:
     for root in roots:
         if root.startswith("cli:"):
             cli = package_dir / "cli.py"
-            tree = ast.parse(cli.read_text())
+            _, tree, lines = _parse(cli)
             fn = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == root[4:]), None)
             if fn is None:
                 raise KeyError(f"code_version: {cli} has no function {root[4:]!r}")
@@ -82,7 +110,7 @@ def import_closure(package_dir: Path, roots: list[str]) -> dict[str, str]:
             shared = [n for n in tree.body if isinstance(n, ast.FunctionDef)
                       and (n.name == "main" or n.name.startswith("_"))]
             for node in (fn, *shared):
-                sources[f"cli:{node.name}"] = ast.get_source_segment(cli.read_text(), node) or ""
+                sources[f"cli:{node.name}"] = _segment(lines, node)
             top_imports = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
             for node in (fn, *shared, *top_imports):
                 todo.extend(_imported_modules(node, package_dir, cli))
@@ -96,9 +124,9 @@ def import_closure(package_dir: Path, roots: list[str]) -> dict[str, str]:
         label = path.relative_to(package_dir).as_posix()
         if label in sources:
             continue
-        text = path.read_text()
-        sources[label] = text
-        todo.extend(_imported_modules(ast.parse(text), package_dir, path))
+        st = path.stat()
+        sources[label] = _parsed(path, (st.st_mtime_ns, st.st_size))[0]
+        todo.extend(_module_imports(package_dir, path, (st.st_mtime_ns, st.st_size)))
     return sources
 
 

@@ -76,9 +76,11 @@ def hnm_base_entry(run: str, fold) -> dict:
 
 ALL_ENCODERS = [*ENCODERS, *FOLD_ENCODERS]  # every encoder of the benchmark
 MIL_GRID = mil_grid(config["mil"], ALL_ENCODERS)  # MIL run -> the encoders it is trained on
-EMBED_PER_JOB = config["embed"].get("slides_per_job", 1)
+EMBED_PER_JOB = config["embed"].get("slides_per_job", 16)
 EMBED_BATCHES = slide_batches(SLIDES, EMBED_PER_JOB)
 GRAPH_BATCHES = slide_batches(SLIDES, config["graph"].get("slides_per_job", 32))
+TILE_BATCHES = slide_batches(SLIDES, config["tile"].get("slides_per_job", 16))
+TILE_PARAMS = {k: v for k, v in config["tile"].items() if k != "slides_per_job"}  # batching changes no tile
 
 
 wildcard_constraints:
@@ -109,14 +111,10 @@ def code_version(*roots: str) -> str:
     return _code_version(SRC / "slidemil", *roots)
 
 
-def slide_path(wildcards) -> str:
-    return SLIDE_PATHS[wildcards.slide]
-
-
-def mpp_arg(wildcards) -> str:
-    """`--mpp X` when the sheet gives one (used only if the slide metadata lacks mpp)."""
-    mpp = SLIDE_MPP.get(wildcards.slide)
-    return f"--mpp {mpp}" if mpp is not None else ""
+def tile_batch_arg(slides: list[str]) -> str:
+    """One tile job's slides as a shell-quoted JSON {id: {path, mpp}}; the sheet's mpp is used only
+    when the slide's metadata lacks one."""
+    return as_arg({s: {"path": SLIDE_PATHS[s], "mpp": SLIDE_MPP.get(s)} for s in slides})
 
 
 def demo_positive(wildcards) -> int:
