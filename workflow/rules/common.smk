@@ -76,10 +76,10 @@ def hnm_base_entry(run: str, fold) -> dict:
 
 ALL_ENCODERS = [*ENCODERS, *FOLD_ENCODERS]  # every encoder of the benchmark
 MIL_GRID = mil_grid(config["mil"], ALL_ENCODERS)  # MIL run -> the encoders it is trained on
-EMBED_PER_JOB = config["embed"].get("slides_per_job", 16)
+EMBED_PER_JOB = config["embed"]["slides_per_job"]  # the schema fills the defaults of every slides_per_job
 EMBED_BATCHES = slide_batches(SLIDES, EMBED_PER_JOB)
-GRAPH_BATCHES = slide_batches(SLIDES, config["graph"].get("slides_per_job", 32))
-TILE_BATCHES = slide_batches(SLIDES, config["tile"].get("slides_per_job", 16))
+GRAPH_BATCHES = slide_batches(SLIDES, config["graph"]["slides_per_job"])
+TILE_BATCHES = slide_batches(SLIDES, config["tile"]["slides_per_job"])
 TILE_PARAMS = {k: v for k, v in config["tile"].items() if k != "slides_per_job"}  # batching changes no tile
 
 
