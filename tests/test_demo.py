@@ -48,18 +48,20 @@ def test_tumour_and_mimic_share_colour_not_morphology(seed):
     od = _od(r.rgb[::2, ::2])
     t, m = _at_render_res(r, r.tumour_lr), _at_render_res(r, r.mimic_lr)
     mt, mm = od[t].mean(0), od[m].mean(0)
-    assert np.all(np.abs(mm - mt) < 0.15 * mt), (mt, mm)  # colour: mimic within 15% of tumour per channel
+    # colour: mimic within 20% of tumour per channel (high-grade tumour's larger nuclei darken it a little)
+    assert np.all(np.abs(mm - mt) < 0.2 * mt), (mt, mm)
     # morphology: at one darkness threshold, tumour's vesicular, irregular nuclei break into many
-    # small dark pieces (rims, nucleoli); the mimic's solid round nuclei stay few and large
-    dark = od.sum(-1) > np.percentile(od.sum(-1)[t | m], 60)
+    # small dark pieces (rims, nucleoli); the mimic's solid round nuclei stay fewer and larger
+    dark = od.sum(-1) > np.percentile(od.sum(-1)[t | m], 75)
     stats = {}
     for name, region in (("tumour", t), ("mimic", m)):
         lab, n = ndi.label(dark & region)
         sizes = np.bincount(lab.ravel())[1:]
         sizes = sizes[sizes >= 6]
         stats[name] = (1000 * len(sizes) / region.sum(), float(np.median(sizes)))
-    assert stats["tumour"][0] > 2.5 * stats["mimic"][0], stats  # pieces per 1000 px
-    assert stats["tumour"][1] < 0.8 * stats["mimic"][1], stats  # median piece area
+    # (low-grade tumour, nuclei barely larger than a mimic's, is the closest: seed 0 here)
+    assert stats["tumour"][0] > 1.1 * stats["mimic"][0], stats  # pieces per 1000 px
+    assert stats["tumour"][1] < 0.7 * stats["mimic"][1], stats  # median piece area
 
 
 def _nuclear_direction(rgb: np.ndarray) -> np.ndarray:
@@ -89,12 +91,12 @@ def test_tumour_blobs_are_coherent_over_tiles():
         lab, n = ndi.label(r.tumour_lr, structure=np.ones((3, 3)))
         assert 1 <= n <= 6
         sizes = np.bincount(lab.ravel())[1:]
-        assert sizes.min() >= 2 * cells**2, sizes  # no blob smaller than two tiles
+        assert sizes.min() >= cells**2, sizes  # no blob smaller than a tile (micro-metastases are one blob)
         # tiles labelled by their centre cell: most tumour tiles have tumour neighbours
         tiles = r.tumour_lr[cells // 2 :: cells, cells // 2 :: cells]
         neighbours = ndi.convolve(tiles.astype(int), np.ones((3, 3), int), mode="constant") - tiles
         assert tiles.sum() >= 6
-        assert np.mean(neighbours[tiles] >= 3) > 0.7
+        assert np.mean(neighbours[tiles] >= 2) > 0.7  # a micro-metastasis of a few tiles has few neighbours
 
 
 def test_mimic_geojson_written_beside_tumour_geojson(tmp_path):

@@ -16,7 +16,11 @@ The cohort is built to leave headroom between a random-feature floor and a train
 - Stain and patient vary between slides (Beer-Lambert with a perturbed stain matrix and
   intensity; nuclear size and density scales), as between hospitals and patients.
 - Tumour and mimic regions are a few blobs several 64 um tiles across, so neighbouring tiles share
-  labels.
+  labels. Tumour covers 2-20% of a positive slide's tissue, from micro- to macro-metastasis: mean
+  pooling dilutes the small ones, which attention can still find.
+- Tumour grade varies between slides (nuclear size 0.7-1.05 x TUMOUR_GLAND's): random features
+  separate only high-grade tumour from mimics, so attention MIL on them sits above chance and below
+  a trained encoder (the bounds of benchmarks/demo_headroom.py).
 
 A slide is drawn at `render_mpp` (1 um/px, the demo's tile resolution) and upsampled to the scan
 resolution `mpp`, so tiling still picks a pyramid level by mpp while rendering costs 4x less.
@@ -46,11 +50,17 @@ class DemoSlideSpec:
     mpp: float = 0.5  # microns per level-0 pixel
     render_mpp: float = 1.0  # tissue is drawn at this resolution and upsampled (integer factor) to mpp
     tissue_fraction: float = 0.5  # of the slide area, roughly
-    tumour_fraction: tuple[float, float] = (0.06, 0.2)  # of the tissue, positive slides
+    tumour_fraction: tuple[float, float] = (0.02, 0.2)  # of the tissue, positive slides (micro- to macro-metastasis)
     mimic_fraction: tuple[float, float] = (0.15, 0.35)  # of the tissue, slides with mimics
     mimic_probability: tuple[float, float] = (0.9, 0.4)  # chance of mimics on (negative, positive) slides
     lobule_fraction: tuple[float, float] = (0.25, 0.6)  # benign glandular lobules, of the tissue (per slide)
     lobule_crowding: tuple[float, float] = (0.45, 1.0)  # per slide: 0 = open single-layer glands, 1 = mimic-like
+    blob_sd_tiles: tuple[float, float] = (1.3, 2.6)  # sd of a tumour/mimic blob, in 64 um tiles (blobs 3-6 tiles across)
+    blobs: tuple[int, int] = (2, 4)  # mimic blobs per slide, inclusive range
+    tumour_per_blob: float = 0.08  # tumour blobs = this fraction of tissue each (at least one): micro-metastases stay whole
+    mimic_size: tuple[float, float] = (0.85, 1.1)  # mimic nuclear size over MIMIC_GLAND's, per slide
+    tumour_vesicular: tuple[float, float] = (0.6, 0.95)  # per slide: from hyperchromatic (0) to vesicular (1) tumour nuclei
+    tumour_size: tuple[float, float] = (0.7, 1.05)  # per slide (grade): tumour nuclear size over TUMOUR_GLAND's
     tile_size: int = 256  # TIFF tile edge
     jpeg_quality: int = 85
 
@@ -207,8 +217,8 @@ class GlandStyle:
 
 NORMAL_GLAND = GlandStyle(spacing=34, lumen=(7, 11), layers=1, nuc_gap=6.0, size=2.6, size_sd=0.08,
                           aspect=(1.0, 1.2), radial=True, od=0.85, vesicular=0.0, irregular=0.0, fill_density=0.0)
-TUMOUR_GLAND = GlandStyle(spacing=24, lumen=(2.5, 5), layers=2, nuc_gap=8.0, size=4.6, size_sd=0.28,
-                          aspect=(1.4, 2.3), radial=False, od=1.05, vesicular=0.8, irregular=0.12, fill_density=0.004)
+TUMOUR_GLAND = GlandStyle(spacing=24, lumen=(2.5, 5), layers=2, nuc_gap=8.0, size=5.2, size_sd=0.28,
+                          aspect=(1.4, 2.3), radial=False, od=1.05, vesicular=0.8, irregular=0.16, fill_density=0.004)
 MIMIC_GLAND = GlandStyle(spacing=24, lumen=(2.5, 5), layers=2, nuc_gap=7.0, size=3.2, size_sd=0.06,
                          aspect=(1.0, 1.15), radial=True, od=0.95, vesicular=0.0, irregular=0.0, fill_density=0.005)
 
@@ -277,15 +287,16 @@ def _regions(rng: np.random.Generator, spec: DemoSlideSpec, positive: bool, lowr
     tissue = _threshold_for_fraction(_smooth_field(rng, lowres, 6.0), spec.tissue_fraction)
     tissue = ndi.binary_opening(tissue, iterations=2)
     cells_per_tile = 64.0 / (LOWRES_STEP * spec.mpp)  # a demo tile is 64 um
-    radius = (1.3 * cells_per_tile, 2.6 * cells_per_tile)  # blob sd: blobs are 3-6 tiles across
+    radius = (spec.blob_sd_tiles[0] * cells_per_tile, spec.blob_sd_tiles[1] * cells_per_tile)
     tumour = np.zeros(lowres, bool)
     if positive:
-        tumour = _blobs(rng, tissue, rng.uniform(*spec.tumour_fraction), radius, int(rng.integers(2, 5)))
+        frac = rng.uniform(*spec.tumour_fraction)
+        tumour = _blobs(rng, tissue, frac, radius, max(1, int(np.ceil(frac / spec.tumour_per_blob))))
     mimic = np.zeros(lowres, bool)
     if rng.random() < spec.mimic_probability[int(positive)]:
         free = tissue & ~ndi.binary_dilation(tumour, iterations=2)
         frac = rng.uniform(*spec.mimic_fraction) * tissue.sum() / max(free.sum(), 1)
-        mimic = _blobs(rng, free, frac, radius, int(rng.integers(2, 5)))
+        mimic = _blobs(rng, free, frac, radius, int(rng.integers(spec.blobs[0], spec.blobs[1] + 1)))
     rest = tissue & ~tumour & ~mimic
     lobule = _threshold_for_fraction(_smooth_field(rng, lowres, 3.0), rng.uniform(*spec.lobule_fraction) * tissue.sum() / max(rest.sum(), 1), rest)
     return tissue, tumour, mimic, lobule
@@ -304,11 +315,13 @@ def render(slide_seed: int, positive: bool, spec: DemoSlideSpec = DemoSlideSpec(
 
     # patient: nuclear size and density scales; stroma: eosin fibres in two directions
     size_scale = rng.uniform(0.8, 1.25)
-    # mimic nuclei range up to tumour size; tumours range from vesicular to hyperchromatic
-    mimic_style = replace(MIMIC_GLAND, size=MIMIC_GLAND.size * rng.uniform(0.9, 1.35))
+    # mimic nuclei vary a little; tumours range from vesicular to hyperchromatic and, by grade, from nuclei
+    # barely larger than a mimic's to twice its size: a random-feature encoder finds only the high-grade ones
+    mimic_style = replace(MIMIC_GLAND, size=MIMIC_GLAND.size * rng.uniform(*spec.mimic_size))
     mimic_style = replace(mimic_style, nuc_gap=mimic_style.nuc_gap * mimic_style.size / MIMIC_GLAND.size,
                           fill_density=mimic_style.fill_density * (MIMIC_GLAND.size / mimic_style.size) ** 2)
-    tumour_style = replace(TUMOUR_GLAND, vesicular=rng.uniform(0.45, 0.9))
+    tumour_style = replace(TUMOUR_GLAND, vesicular=rng.uniform(*spec.tumour_vesicular))
+    tumour_style = replace(tumour_style, size=tumour_style.size * rng.uniform(*spec.tumour_size))
     w = 1 / (1 + np.exp(-3 * _smooth_field(rng, (H // 8, W // 8), 4.0)))  # soft blend of two directions
     w = ndi.zoom(w, (H / w.shape[0], W / w.shape[1]), order=1, grid_mode=True, mode="nearest")[:H, :W]
     fibres = w > 0.5
