@@ -109,7 +109,7 @@ def fold_tile_aucs(per_fold: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) ->
     logit margins differ between folds by several units), which is not what a tile AUC asks.
     """
     folds = [tile_aucs(*f) for f in per_fold]
-    out = {k: float(np.mean([f[k] for f in folds])) for k in folds[0]}
+    out = {k: float(np.nanmean([f[k] for f in folds])) for k in folds[0]}  # a fold without mimics: NaN vs_mimic
     out["fold_sd"] = float(np.std([f["all"] for f in folds]))
     out["per_fold"] = [f["all"] for f in folds]
     pooled = tile_aucs(*(np.concatenate(parts) for parts in zip(*per_fold)))
