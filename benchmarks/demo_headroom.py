@@ -14,7 +14,7 @@ results/mil, so it runs whatever MIL layout the workflow writes:
    the validation slides only) on both feature sets, test predictions pooled over folds and seeds.
 
 Tile labels: a tile is tumour when its centre lies in the demo's tumour GeoJSON
-(slidemil.heatmaps.tile_labels); mimic tiles (centre in the mimic GeoJSON) are reported apart.
+(slidemil.evaluate.heatmaps.tile_labels); mimic tiles (centre in the mimic GeoJSON) are reported apart.
 Nothing is selected on test slides. Prints one line per figure and, last, one JSON object.
 
     .venv/bin/python benchmarks/demo_headroom.py                       # results/, config/config.yaml
@@ -63,9 +63,9 @@ def load_run(results: Path, encoder: str, samples: Path, classes: list[str]) -> 
     import pandas as pd
     import zarr
 
-    from slidemil.heatmaps import tile_labels
-    from slidemil.samples import read_sheet
-    from slidemil.store import read_features
+    from slidemil.evaluate.heatmaps import tile_labels
+    from slidemil.cohorts.sheet import read_sheet
+    from slidemil.slides.store import read_features
 
     folds = pd.read_csv(results / "folds.csv")
     sheet = read_sheet(samples).set_index("slide_id")
@@ -91,7 +91,7 @@ def roles_of(folds, fold: int) -> dict[str, str]:
 
 def tile_aucs(y: np.ndarray, mimic: np.ndarray, score: np.ndarray) -> dict[str, float]:
     """Tile AUC over all tiles, tumour vs mimic tiles only, tumour vs other (non-mimic) benign tiles."""
-    from slidemil.metrics import auc_binary
+    from slidemil.evaluate.metrics import auc_binary
 
     out = {"all": auc_binary(y, score)}
     m = (y == 1) | (mimic == 1)
@@ -118,8 +118,8 @@ def fold_tile_aucs(per_fold: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) ->
 
 
 def random_probe(slides: dict[str, Slide], folds, seed: int) -> dict[str, float]:
-    """The workflow's linear probe (slidemil.probe): fit on each fold's training tiles, score its test tiles."""
-    from slidemil.probe import probe_scores
+    """The workflow's linear probe (slidemil.evaluate.probe): fit on each fold's training tiles, score its test tiles."""
+    from slidemil.evaluate.probe import probe_scores
 
     per_fold = []
     usable = {s: sl for s, sl in slides.items() if len(sl.tumour)}
@@ -132,7 +132,7 @@ def random_probe(slides: dict[str, Slide], folds, seed: int) -> dict[str, float]
 
 def read_tiles(slide: Slide) -> np.ndarray:
     """All tiles of a slide, uint8 [N, T, T, 3]."""
-    from slidemil.store import open_tiles
+    from slidemil.slides.store import open_tiles
 
     g = open_tiles(slide.tiles_path)
     return np.asarray(g["tiles"][:]) if g["tiles"].shape[0] else np.zeros((0, 1, 1, 3), np.uint8)
@@ -154,7 +154,7 @@ def train_supervised(tiles: np.ndarray, y: np.ndarray, spec, seed: int, epochs: 
     import torch
     from torch import nn
 
-    from slidemil.embed import build_encoder, preprocess
+    from slidemil.encoders.embed import build_encoder, preprocess
 
     size = input_size_of(spec)
     enc = build_encoder(spec, seed).train().requires_grad_(True)
@@ -188,7 +188,7 @@ def embed(enc, head, tiles: np.ndarray, input_size: int, batch: int = 256) -> tu
     """(features [N, D], tumour logit margin [N]) of a trained encoder and head."""
     import torch
 
-    from slidemil.embed import preprocess
+    from slidemil.encoders.embed import preprocess
 
     feats, scores = [], []
     with torch.inference_mode():
@@ -240,7 +240,7 @@ def supervised(slides: dict[str, Slide], folds, spec, seed: int, epochs: int, ne
 def mil_auc(bags_per_fold: dict[int, dict[str, np.ndarray]], labels: dict[str, int], folds, model: str,
             params: dict, seeds: list[int]) -> dict[str, object]:
     """Slide AUC of `model`: test predictions pooled over folds (per seed) and over folds x seeds."""
-    from slidemil.metrics import auc_binary
+    from slidemil.evaluate.metrics import auc_binary
     from slidemil.mil.train import train_mil
 
     per_seed, ys_all, ps_all = [], [], []
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     import yaml
 
-    from slidemil.embed import EncoderSpec
+    from slidemil.encoders.embed import EncoderSpec
 
     logging.basicConfig(level=logging.ERROR)
     torch.set_num_threads(a.threads)

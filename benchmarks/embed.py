@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/embed.py --device cuda --arch resnet50 --depth 3 --tile 224 --size 224 --batch 512 --workers 8
     .venv/bin/python benchmarks/embed.py --device cuda --arch uni --tile 224 --workers 8
 
-(a) `slidemil.embed.embed_slide` on a synthetic tile store (features written too), (b) the same
+(a) `slidemil.encoders.embed.embed_slide` on a synthetic tile store (features written too), (b) the same
 network on random tensors already on the device, same batch size and precision, in one run.
 Prints tiles/s of both and their ratio; last line: one JSON object.
 """
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pretrain import synthetic_store  # noqa: E402
 
-from slidemil.embed import autocast_for, embed_slide, pick_device  # noqa: E402
+from slidemil.encoders.embed import autocast_for, embed_slide, pick_device  # noqa: E402
 from slidemil.encoders import EncoderSpec, build_encoder  # noqa: E402
 
 

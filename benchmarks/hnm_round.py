@@ -33,12 +33,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from pretrain import synthetic_store  # noqa: E402
 
-from slidemil.embed import embed_slide  # noqa: E402
+from slidemil.encoders.embed import embed_slide  # noqa: E402
 from slidemil.encoders import EncoderSpec  # noqa: E402
-from slidemil.hnm import HNMParams, finetune_round, mine_round  # noqa: E402
-from slidemil.pretrain import PretrainParams, pretrain  # noqa: E402
+from slidemil.hnm.mining import HNMParams, finetune_round, mine_round  # noqa: E402
+from slidemil.ssl.pretrain import PretrainParams, pretrain  # noqa: E402
 from slidemil.ssl.data import SlideSource  # noqa: E402
-from slidemil.store import write_features  # noqa: E402
+from slidemil.slides.store import write_features  # noqa: E402
 
 
 def main() -> None:

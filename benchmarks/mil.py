@@ -10,7 +10,7 @@ RSS of a streamed epoch does not grow with the bag count (at most two bags are h
 measure it; the time ratio only gets steadier with more.
 
 Writes (once, cached under --cache) --bags synthetic feature stores of --tiles x --dim float16
-features on a raster tile grid, half of them labelled positive, with slidemil.store.write_features
+features on a raster tile grid, half of them labelled positive, with slidemil.slides.store.write_features
 (the `embed` stage's writer). Then, for each model (gated ABMIL, TransMIL, SRMIL by default, at
 their authors' sizes), one training epoch over every bag with slidemil.mil.train.train_epoch (the
 `mil` stage's loop) in two modes, each in a fresh child process:
@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 def make_stores(cache: Path, n_bags: int, n_tiles: int, dim: int, seed: int = 0) -> list[str]:
     """Synthetic feature stores <cache>/<bag>.zarr (reused when present); returns the bag ids."""
-    from slidemil.store import write_features
+    from slidemil.slides.store import write_features
 
     ids = [f"bag{i:04d}" for i in range(n_bags)]
     width = int(np.ceil(np.sqrt(n_tiles)))

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/pretrain.py --device cuda --depth 4 --tile 224 --size 224 --batch 256 --workers 8
 
 Makes (under --cache) a synthetic cohort of JPEG tile stores with neighbour graphs, then, in one
-process and one run: (a) `slidemil.pretrain`'s step on pairs from `PairDataset` through a DataLoader
+process and one run: (a) `slidemil.ssl.pretrain`'s step on pairs from `PairDataset` through a DataLoader
 (spatial pairs, H&E batch augmentations on the device), (b) the same optimiser step on random
 tensors already on the device (the model-only ceiling). Prints images/s of both and their ratio;
 last line: one JSON object. Images = 2 per pair (both views).
@@ -25,14 +25,14 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from slidemil.embed import pick_device  # noqa: E402
-from slidemil.graph import save_graph  # noqa: E402
-from slidemil.pretrain import PretrainParams, build_model, make_optimizer, pair_views  # noqa: E402
+from slidemil.encoders.embed import pick_device  # noqa: E402
+from slidemil.slides.graph import save_graph  # noqa: E402
+from slidemil.ssl.pretrain import PretrainParams, build_model, make_optimizer, pair_views  # noqa: E402
 from slidemil.ssl.augment import AugmentParams, BatchAugment  # noqa: E402
 from slidemil.ssl.data import PairDataset, SlideSource  # noqa: E402
 from slidemil.ssl.losses import build_objective  # noqa: E402
 from slidemil.ssl.samplers import build_sampler  # noqa: E402
-from slidemil.store import atomic_dir, create_tile_arrays, write_index_arrays  # noqa: E402
+from slidemil.slides.store import atomic_dir, create_tile_arrays, write_index_arrays  # noqa: E402
 
 
 def synthetic_store(path: Path, n: int, tile: int, seed: int) -> None:

@@ -14,7 +14,7 @@ pyvips `tiffsave(pyramid=True)` (levels 1, 2, 4, ...), plus an SVS-like copy of 
 For each case, each in a fresh child process pinned to one CPU with every thread pool at 1:
   baseline  OpenSlide read_region per tile at the level, PIL resize when the level does not match,
             tiles written to HDF5 (uncompressed, chunk = 1 tile), as CLAM's patching does
-  slidemil  slidemil.tiling.tile_slide (threads=1; also threads=2 and copy_jpeg=False for reference)
+  slidemil  slidemil.slides.tiling.tile_slide (threads=1; also threads=2 and copy_jpeg=False for reference)
   ceiling   the level's JPEG tiles that cover the selected tiles, read (os.pread) and fully decoded,
             no other work, with imagecodecs and with simplejpeg (when installed): the faster counts;
             as tiles/s of the selected (output) tiles
@@ -167,7 +167,7 @@ def run_slidemil(slide: str, mask: str, out: str, target_mpp: float, tile_size: 
         os.sched_setaffinity(0, set(range(min(threads, os.cpu_count() or 1))))
     import imagecodecs, openslide, pyvips, tqdm, zarr  # noqa: E401,F401  (process start-up, not tiling)
 
-    from slidemil.tiling import TileParams, tile_slide
+    from slidemil.slides.tiling import TileParams, tile_slide
 
     params = TileParams(target_mpp=target_mpp, tile_size=tile_size, copy_jpeg=copy_jpeg)
     with Timer() as t:
@@ -211,7 +211,7 @@ def run_ceiling(slide: str, store: str) -> dict:
     import openslide
     import zarr
 
-    from slidemil.slide import open_tiled_jpeg_level
+    from slidemil.slides.slide import open_tiled_jpeg_level
 
     g = zarr.open_group(store, mode="r")
     coords = g["coords"][:]
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import openslide
 
-    from slidemil.tissue import TissueParams, mask_slide
+    from slidemil.slides.tissue import TissueParams, mask_slide
 
     if a.slide:
         s = openslide.OpenSlide(a.slide)

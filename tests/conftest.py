@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slidemil.demo import DemoSlideSpec, make_demo_slide, render_slide, write_pyramidal_tiff
+from slidemil.cohorts.demo import DemoSlideSpec, make_demo_slide, render_slide, write_pyramidal_tiff
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"

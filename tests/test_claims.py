@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from slidemil.claims import (CLAIM_COLUMNS, CLAIMS, PRETRAIN_DEFAULTS, ClaimContext, claims_table, encoder_metadata,
+from slidemil.evaluate.claims import (CLAIM_COLUMNS, CLAIMS, PRETRAIN_DEFAULTS, ClaimContext, claims_table, encoder_metadata,
                              normalise_models, verdict)
 
 ENCODERS = [
@@ -119,7 +119,7 @@ def test_normalise_models():
 
 
 def test_ssl_objective_names_are_registered():
-    from slidemil.claims import SSL_OBJECTIVES
+    from slidemil.evaluate.claims import SSL_OBJECTIVES
     from slidemil.ssl.losses import OBJECTIVES
 
     assert set(SSL_OBJECTIVES) | {"weaksupcon"} <= set(OBJECTIVES)
@@ -139,7 +139,7 @@ def test_pretrained_encoders_join_with_their_metadata():
 
 
 def test_pretrain_defaults_match_pretrain_params():
-    from slidemil.pretrain import PretrainParams
+    from slidemil.ssl.pretrain import PretrainParams
 
     p = PretrainParams()
     assert PRETRAIN_DEFAULTS == {"objective": p.objective, "sampler": p.sampler, "backbone": p.backbone}
@@ -148,7 +148,7 @@ def test_pretrain_defaults_match_pretrain_params():
 def test_srmil_default_reconstruction_weight_matches_the_model():
     import inspect
 
-    from slidemil.claims import SRMIL_DEFAULT_W_GEN
+    from slidemil.evaluate.claims import SRMIL_DEFAULT_W_GEN
     from slidemil.mil.models.srmil import SRMIL
 
     assert inspect.signature(SRMIL.__init__).parameters["w_gen"].default == SRMIL_DEFAULT_W_GEN

@@ -11,8 +11,8 @@ import pytest
 import zarr
 
 from slidemil.cli import main
-from slidemil.graph import load_graph, neighbour_graph
-from slidemil.store import write_index_arrays
+from slidemil.slides.graph import load_graph, neighbour_graph
+from slidemil.slides.store import write_index_arrays
 
 CLI = Path(__file__).resolve().parents[1] / "src" / "slidemil" / "cli.py"
 
@@ -62,7 +62,7 @@ def test_graph_command_writes_the_store_grids_graph(tmp_path):
 
 
 def test_embed_with_unpaired_outputs_is_an_error(tmp_path):
-    from slidemil.embed import embed_slides
+    from slidemil.encoders.embed import embed_slides
     from slidemil.encoders import EncoderSpec
 
     with pytest.raises(ValueError, match="2 --tiles but 1 --out"):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from slidemil.codeversion import code_version, import_closure
+from slidemil.plan.codeversion import code_version, import_closure
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,11 +63,13 @@ def test_unknown_roots_are_errors(tmp_path):
 
 def test_real_stages_cover_the_modules_their_code_reads():
     pkg = ROOT / "src" / "slidemil"
-    assert {"metrics.py", "store.py", "mil/train.py"} <= set(import_closure(pkg, ["cli:cmd_mil"]))
-    assert {"qcpicture.py", "failures.py", "files.py", "tiling.py"} <= set(import_closure(pkg, ["cli:cmd_tile"]))
-    assert {"qcpicture.py", "failures.py", "tissue.py"} <= set(import_closure(pkg, ["cli:cmd_mask"]))
+    assert {"evaluate/metrics.py", "slides/store.py", "mil/train.py"} <= set(import_closure(pkg, ["cli:cmd_mil"]))
+    assert {"slides/qcpicture.py", "slides/failures.py", "files.py", "slides/tiling.py"} <= set(
+        import_closure(pkg, ["cli:cmd_tile"]))
+    assert {"slides/qcpicture.py", "slides/failures.py", "slides/tissue.py"} <= set(import_closure(pkg, ["cli:cmd_mask"]))
     # the workflow's per-slide job masks and tiles: both stages' modules
-    assert {"tissue.py", "tiling.py", "slide.py", "store.py"} <= set(import_closure(pkg, ["cli:cmd_preprocess"]))
+    assert {"slides/tissue.py", "slides/tiling.py", "slides/slide.py", "slides/store.py"} <= set(
+        import_closure(pkg, ["cli:cmd_preprocess"]))
 
 
 @pytest.mark.parametrize("stage", ["cli:cmd_mil", "cli:cmd_preprocess", "cli:cmd_heatmaps", "cli:cmd_embed"])
@@ -92,7 +94,7 @@ def test_cli_function_sources_are_their_exact_text():
     """The cached line slicing gives what ast.get_source_segment gives (non-ASCII lines included)."""
     import ast
 
-    from slidemil.codeversion import _segment
+    from slidemil.plan.codeversion import _segment
 
     text = (ROOT / "src" / "slidemil" / "cli.py").read_text() + '\ndef cmd_é(a):\n    return "é" + "x"\n'
     lines = text.splitlines(keepends=True)

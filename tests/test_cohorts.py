@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from slidemil.cohorts import (
+from slidemil.cohorts.builders import (
     CAMELYON16_CLASSES,
     TCGA_COHORTS,
     CohortError,
@@ -74,7 +74,7 @@ def camelyon16(tmp_path: Path) -> Path:
 
 def test_camelyon16_sheet(camelyon16: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     out = tmp_path / "samples.tsv"
-    with caplog.at_level(logging.WARNING, logger="slidemil.cohorts"):
+    with caplog.at_level(logging.WARNING, logger="slidemil.cohorts.builders"):
         rc = main(
             [
                 "camelyon16",
@@ -259,7 +259,7 @@ def test_tcga_gdc_sample_sheet_as_clinical(nsclc: dict[str, Path], tmp_path: Pat
 def test_tcga_missing_slide_warns_or_fails(nsclc: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
     victim = next(nsclc["slides"].rglob("TCGA-18-3406-01Z-00-DX2*"))
     victim.unlink()
-    with caplog.at_level(logging.WARNING, logger="slidemil.cohorts"):
+    with caplog.at_level(logging.WARNING, logger="slidemil.cohorts.builders"):
         rows = build_tcga([(nsclc["manifest"], None)], nsclc["slides"], ["LUAD", "LUSC"], nsclc["clinical"])
     assert len(rows) == 2
     assert "dropped 1 slide(s)" in caplog.text
@@ -335,7 +335,7 @@ def test_cohort_config(cohort: str) -> None:
     assert cfg["demo"]["enabled"] is False
     assert cfg["tile"]["target_mpp"] == 0.5
     assert cfg["evaluate"]["use_official_split"] is (cohort == "camelyon16")
-    assert f"python -m slidemil.cohorts {cohort} " in text
+    assert f"python -m slidemil.cohorts.builders {cohort} " in text
     assert f"--out {cfg['samples']}" in text
     expected = {"camelyon16": CAMELYON16_CLASSES, **TCGA_COHORTS}[cohort]
     assert cfg["classes"] == list(expected)  # the labels the builder writes

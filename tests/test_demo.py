@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from slidemil.demo import LOWRES_STEP, DemoSlideSpec, make_demo_slide, mimic_path, render, render_slide, slide_seed
+from slidemil.cohorts.demo import LOWRES_STEP, DemoSlideSpec, make_demo_slide, mimic_path, render, render_slide, slide_seed
 
 SMALL = DemoSlideSpec(width=1024, height=768)
 # both regions on one slide (same stain), big enough to measure
@@ -100,7 +100,7 @@ def test_tumour_blobs_are_coherent_over_tiles():
 
 
 def test_mimic_geojson_written_beside_tumour_geojson(tmp_path):
-    from slidemil.heatmaps import tile_labels
+    from slidemil.evaluate.heatmaps import tile_labels
 
     spec = DemoSlideSpec(width=1024, height=768, mimic_probability=(1.0, 1.0))
     for label in (0, 1):

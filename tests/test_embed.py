@@ -3,8 +3,8 @@ import pytest
 import torch
 import zarr
 
-from slidemil.embed import ENCODERS, EncoderSpec, build_encoder, embed_slide
-from slidemil.store import atomic_dir, create_tile_arrays, read_features, write_index_arrays
+from slidemil.encoders.embed import ENCODERS, EncoderSpec, build_encoder, embed_slide
+from slidemil.slides.store import atomic_dir, create_tile_arrays, read_features, write_index_arrays
 
 
 def _store(path, n, size=32, seed=0):

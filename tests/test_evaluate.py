@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from slidemil.cli import main
-from slidemil.evaluate import (COMPARISON_COLUMNS, RUN_COLUMNS, SUMMARY_COLUMNS, comparison_pairs, compare,
+from slidemil.evaluate.benchmark import (COMPARISON_COLUMNS, RUN_COLUMNS, SUMMARY_COLUMNS, comparison_pairs, compare,
                                evaluate_runs, parse_run_path, resolve_baselines, write_evaluation)
 
 CLASSES = ["normal", "tumor"]

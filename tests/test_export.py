@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from slidemil.export import export_h5
-from slidemil.failures import write_failed_store
-from slidemil.slide import open_slide, rgba_to_rgb
-from slidemil.store import open_tiles, write_features
-from slidemil.tiling import TileParams, tile_slide
-from slidemil.tissue import TissueParams, mask_slide
+from slidemil.slides.export import export_h5
+from slidemil.slides.failures import write_failed_store
+from slidemil.slides.slide import open_slide, rgba_to_rgb
+from slidemil.slides.store import open_tiles, write_features
+from slidemil.slides.tiling import TileParams, tile_slide
+from slidemil.slides.tissue import TissueParams, mask_slide
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def levels_1_4_16(tmp_path_factory):
     import tifffile
 
     from conftest import SMALL
-    from slidemil.demo import render_slide
+    from slidemil.cohorts.demo import render_slide
 
     rgb, _, _ = render_slide(5, True, SMALL)
     path = tmp_path_factory.mktemp("levels") / "l.tif"

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from slidemil.cli import main
-from slidemil.folds import fold_table, stable_hash
+from slidemil.cohorts.folds import fold_table, stable_hash
 
 
 def _samples(n_patients: int = 30, pos_fraction: float = 0.4, seed: int = 0) -> pd.DataFrame:

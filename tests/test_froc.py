@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from slidemil.froc import (FrocParams, SlideHits, detection_confidence, froc_curve, froc_summary,
+from slidemil.evaluate.froc import (FrocParams, SlideHits, detection_confidence, froc_curve, froc_summary,
                            lesion_mask, local_maxima, match_detections, sensitivity_at)
 
 MPP = 1.0  # level-0 px = 1 um, so the polygons below read in microns

@@ -1,6 +1,6 @@
 import numpy as np
 
-from slidemil.graph import load_graph, neighbour_graph, save_graph
+from slidemil.slides.graph import load_graph, neighbour_graph, save_graph
 
 
 def _brute(grid, r):

@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 import zarr
 
-from slidemil.froc import FrocParams
-from slidemil.heatmaps import (heatmaps_for_model, load_polygons, pick_slides, run_index, tile_geojson,
+from slidemil.evaluate.froc import FrocParams
+from slidemil.evaluate.heatmaps import (heatmaps_for_model, load_polygons, pick_slides, run_index, tile_geojson,
                                tile_labels)
-from slidemil.store import atomic_dir, write_features, write_index_arrays
+from slidemil.slides.store import atomic_dir, write_features, write_index_arrays
 
 SQUARE = [[0, 0], [200, 0], [200, 200], [0, 200], [0, 0]]
 GRID = np.array([[i, j] for j in range(4) for i in range(4)])  # 4 x 4 tiles of 100 px

@@ -1,4 +1,4 @@
-"""Hard-negative mining (slidemil.hnm): the mining quantiles, the gate, label hygiene, the loss
+"""Hard-negative mining (slidemil.hnm.mining): the mining quantiles, the gate, label hygiene, the loss
 steps, and the workflow loop (rounds as a wildcard) on the tiny cohort."""
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import yaml
 import zarr
 
 from slidemil.encoders import read_state_dict
-from slidemil.hnm import (HNMParams, MinedPairs, PseudoLabels, finetune_round, gate, hard_negatives, hnm_runs,
+from slidemil.hnm.mining import (HNMParams, MinedPairs, PseudoLabels, finetune_round, gate, hard_negatives, hnm_runs,
                           mine_round, pseudo_positives, round_encoders, spl_ratio)
 from slidemil.ssl.data import SlideSource
 from slidemil.ssl.losses.hnm_steps import STEP_A, STEP_B, encode_labels, hnm_steps
 from slidemil.ssl.losses.hnm_supcon import hnm_supcon
-from slidemil.store import create_tile_arrays, write_features, write_index_arrays
+from slidemil.slides.store import create_tile_arrays, write_features, write_index_arrays
 from slidemil.files import atomic_path
 
 TINY = dict(base="b", rounds=2, epochs=2, warmup_epochs=1, batch_size=8, tiles_per_epoch=16, lr=0.05,
@@ -203,7 +203,7 @@ def test_mined_pairs_plan_steps_a_then_b_after_warm_up(fold):
 
 
 def test_mining_evidence_counts_mined_negatives_inside_mimics(fold):
-    from slidemil.hnm import mining_evidence
+    from slidemil.hnm.mining import mining_evidence
 
     root, tiles = fold
     train = [f"s{i}" for i in range(6)]

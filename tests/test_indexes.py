@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 
 from slidemil.cli import main
-from slidemil.graph import save_graph
-from slidemil.store import write_features
+from slidemil.slides.graph import save_graph
+from slidemil.slides.store import write_features
 
 
 def _sheet(tmp_path: Path, slides: list[str]) -> Path:

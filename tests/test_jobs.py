@@ -1,6 +1,6 @@
 """Slide batches for grouped jobs: every slide exactly once, stable when the cohort changes a little."""
 
-from slidemil.jobs import slide_batches
+from slidemil.plan.jobs import slide_batches
 
 
 def test_every_slide_once_and_about_per_job_each():

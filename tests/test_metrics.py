@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from slidemil.metrics import auc_binary, binary_metrics, bootstrap_ci, label_metrics, predict
+from slidemil.evaluate.metrics import auc_binary, binary_metrics, bootstrap_ci, label_metrics, predict
 
 
 def test_binary_hand_case():

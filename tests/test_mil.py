@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 import torch
 
-from slidemil.folds import fold_table
-from slidemil.metrics import auc
+from slidemil.cohorts.folds import fold_table
+from slidemil.evaluate.metrics import auc
 from slidemil.mil import MIL_MODELS, build_mil
 from slidemil.mil.train import load_mil, run_fold, train_mil
-from slidemil.store import write_features
+from slidemil.slides.store import write_features
 
 FAST = {"epochs": 8, "lr": 1e-2, "hidden": 16, "dropout": 0.0}
 
@@ -243,7 +243,7 @@ def test_dsmil_with_mirank_trains_on_positive_negative_pairs(monkeypatch):
 def test_run_fold_streams_bags_with_graphs_for_srmil(tmp_path):
     """SRMIL through run_fold: grid from the stores, the workflow's radius-1 graphs, a 0 MB cache (every
     bag re-read each epoch) predicts exactly as the all-in-memory cache."""
-    from slidemil.graph import save_graph
+    from slidemil.slides.graph import save_graph
     from slidemil.mil.train import FeatureStoreBags
 
     bags, labels, _ = make_bags(1, n_train=12, n_val=0, n_test=0, d=8)

@@ -266,7 +266,7 @@ def test_srmil_masks_seventy_percent_and_reconstructs_them():
 
 def test_srmil_uses_the_workflow_graph_when_radius_matches_else_builds_radius_2():
     bag = grid_bag(20, seed=6, width=5)
-    from slidemil.graph import neighbour_graph
+    from slidemil.slides.graph import neighbour_graph
 
     r1 = neighbour_graph(bag.grid, 1)
     bag.graph, bag.graph_radius = r1, 1

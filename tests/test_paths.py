@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from slidemil.demo import DemoSlideSpec, make_demo_slide
+from slidemil.cohorts.demo import DemoSlideSpec, make_demo_slide
 from test_workflow import _tiny_config, snakemake
 
 

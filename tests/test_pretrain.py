@@ -10,11 +10,11 @@ import zarr
 
 from slidemil.cli import main as cli_main
 from slidemil.encoders import EncoderSpec, build_encoder, read_state_dict
-from slidemil.graph import save_graph
-from slidemil.pretrain import PretrainParams, pretrain, scopes_of, sources_for_scope, training_slides
+from slidemil.slides.graph import save_graph
+from slidemil.ssl.pretrain import PretrainParams, pretrain, scopes_of, sources_for_scope, training_slides
 from slidemil.ssl.data import SlideSource
 from slidemil.ssl.losses import OBJECTIVES
-from slidemil.store import atomic_dir, create_tile_arrays, write_index_arrays
+from slidemil.slides.store import atomic_dir, create_tile_arrays, write_index_arrays
 
 TINY = dict(backbone="resnet18", depth=1, input_size=16, batch_size=4, tiles_per_epoch=8, epochs=2, lr=0.05,
             workers=0, head={"hidden": 16, "out": 8}, precision="fp32")

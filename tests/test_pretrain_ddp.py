@@ -8,7 +8,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from slidemil.pretrain import gather_rows
+from slidemil.ssl.pretrain import gather_rows
 from slidemil.ssl.losses import build_objective
 
 B, D = 8, 6

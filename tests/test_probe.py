@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from slidemil.probe import PROBE_COLUMNS, probe_encoder, write_probe_row, write_probe_table
-from slidemil.store import write_features
+from slidemil.evaluate.probe import PROBE_COLUMNS, probe_encoder, write_probe_row, write_probe_table
+from slidemil.slides.store import write_features
 
 GRID = np.array([[i, j] for j in range(6) for i in range(6)])  # 6 x 6 tiles of 100 px
 TUMOUR = [[0, 0], [300, 0], [300, 300], [0, 300], [0, 0]]  # the 3 x 3 tiles of the top-left corner

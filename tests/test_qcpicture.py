@@ -7,11 +7,11 @@ import pytest
 from PIL import Image
 from scipy import ndimage as ndi
 
-from slidemil import slide as slide_module
-from slidemil.demo import write_pyramidal_tiff
-from slidemil.qcpicture import COLOURS, QC_LONG_SIDE, draw_tiles, resize_nearest
-from slidemil.tiling import TileParams, tile_slide_or_flag
-from slidemil.tissue import TissueParams, mask_slide
+from slidemil.slides import slide as slide_module
+from slidemil.cohorts.demo import write_pyramidal_tiff
+from slidemil.slides.qcpicture import COLOURS, QC_LONG_SIDE, draw_tiles, resize_nearest
+from slidemil.slides.tiling import TileParams, tile_slide_or_flag
+from slidemil.slides.tissue import TissueParams, mask_slide
 
 
 def _near(img: np.ndarray, colour, tol: int = 40) -> np.ndarray:

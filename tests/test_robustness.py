@@ -19,8 +19,8 @@ import pandas as pd
 import pytest
 
 from conftest import SHARED_DATA, SMALL, shared_slide
-from slidemil.demo import make_demo_slide, write_pyramidal_tiff
-from slidemil.store import open_tiles
+from slidemil.cohorts.demo import make_demo_slide, write_pyramidal_tiff
+from slidemil.slides.store import open_tiles
 
 # slide id -> (how the file is made, a word the one-line reason must contain)
 BAD = {
@@ -149,7 +149,8 @@ def test_decode_error_during_tiling_is_caught_too(bad_slides, tmp_path, monkeypa
     truncated JPEG tile): one ERROR line; fail mode leaves no store, skip mode a failed one."""
     import openslide
 
-    from slidemil import cli, tiling
+    from slidemil import cli
+    from slidemil.slides import tiling
 
     path = bad_slides["good"]
     assert _mask(path, "c0", tmp_path).returncode == 0
@@ -180,7 +181,7 @@ def status(key):
     return next(int(ln.split()[1]) for ln in open("/proc/self/status") if ln.startswith(key + ":")) * 1024
 import imagecodecs, numpy, openslide, pyvips, scipy.ndimage, tqdm, zarr
 from PIL import Image
-import slidemil.store, slidemil.tiling, slidemil.tissue
+import slidemil.slides.store, slidemil.slides.tiling, slidemil.slides.tissue
 from slidemil import cli
 base = status("VmRSS")
 slide, out = sys.argv[1:3]
@@ -259,11 +260,11 @@ def test_no_tissue_gives_one_warning_and_an_empty_store_downstream_skips(bad_sli
 
 
 def test_embed_passes_status_on_and_mil_skips_failed_and_empty_bags(tmp_path, caplog):
-    from slidemil.embed import EncoderSpec, embed_slide
-    from slidemil.failures import write_failed_store
-    from slidemil.folds import fold_table
+    from slidemil.encoders.embed import EncoderSpec, embed_slide
+    from slidemil.slides.failures import write_failed_store
+    from slidemil.cohorts.folds import fold_table
     from slidemil.mil.train import run_fold
-    from slidemil.store import write_features
+    from slidemil.slides.store import write_features
 
     write_failed_store(tmp_path / "tiles/broken.zarr", "broken", "broken.svs: file is empty", 32)
     spec = EncoderSpec(name="enc", depth=1, input_size=32)

@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from slidemil.samples import (DEMO_SLIDES, SampleSheetError, annotation_table, load_samples,
+from slidemil.cohorts.sheet import (DEMO_SLIDES, SampleSheetError, annotation_table, load_samples,
                               read_annotation_table, slide_paths, write_annotation_table)
 
 CLASSES = ["normal", "tumour"]

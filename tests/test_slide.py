@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import shared_slide
-from slidemil.slide import SlideError, VipsSlide, open_slide, plan_read, slide_mpp, tiff_damage
+from slidemil.slides.slide import SlideError, VipsSlide, open_slide, plan_read, slide_mpp, tiff_damage
 
 
 def test_plan_read_picks_level_by_mpp_not_index():
@@ -57,7 +57,7 @@ def test_thumbnail_of_a_slide_without_pyramid_is_read_in_bands(small_slide):
     """Banded reading gives the same picture as one read (and bounds memory on flat slides)."""
     import numpy as np
 
-    from slidemil.slide import read_thumbnail
+    from slidemil.slides.slide import read_thumbnail
 
     s = open_slide(small_slide[0])
     one, ds1 = read_thumbnail(s, 300)
@@ -137,7 +137,7 @@ def test_plain_striped_tiff_opens_with_libvips_and_reads_like_openslide(tmp_path
     a = np.asarray(region)
     np.testing.assert_array_equal(a[10:, :20, :3], rgb[:20, 380:])
     assert (a[10:, :20, 3] == 255).all() and (a[:10, :, 3] == 0).all() and (a[:, 20:, 3] == 0).all()
-    from slidemil.slide import read_thumbnail
+    from slidemil.slides.slide import read_thumbnail
 
     thumb, ds = read_thumbnail(s, 100)
     assert thumb.shape == (75, 100, 3) and ds == 4.0

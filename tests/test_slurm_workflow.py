@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from slidemil.store import open_tiles
+from slidemil.slides.store import open_tiles
 from test_slurm_setup import _env, require_slurm
 from test_workflow import ROOT, _tiny_config, snakemake
 

@@ -5,11 +5,11 @@ import pytest
 import torch
 import zarr
 
-from slidemil.graph import save_graph
+from slidemil.slides.graph import save_graph
 from slidemil.ssl.augment import AugmentParams, BatchAugment, hed_jitter
 from slidemil.ssl.data import PairDataset, SlideSource, TileReader, epoch_plan
 from slidemil.ssl.samplers import build_sampler
-from slidemil.store import atomic_dir, create_tile_arrays, open_tiles, write_index_arrays
+from slidemil.slides.store import atomic_dir, create_tile_arrays, open_tiles, write_index_arrays
 
 
 def make_store(path, grid, size=16, seed=0, label=None):

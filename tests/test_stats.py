@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from slidemil.metrics import auc
-from slidemil.stats import (auc_ci, bootstrap_auc, delong_test, paired_auc_bootstrap, seed_mean_auc,
+from slidemil.evaluate.metrics import auc
+from slidemil.evaluate.stats import (auc_ci, bootstrap_auc, delong_test, paired_auc_bootstrap, seed_mean_auc,
                             stratified_bootstrap_indices, youden_threshold)
 
 Y4 = np.array([0, 0, 1, 1])

@@ -3,10 +3,10 @@ import pytest
 import zarr
 
 from conftest import shared_slide
-from slidemil import tiling
-from slidemil.slide import open_slide, rgba_to_rgb
-from slidemil.tiling import TileParams, select_tiles, tile_fractions, tile_slide
-from slidemil.tissue import TissueParams, mask_slide
+from slidemil.slides import tiling
+from slidemil.slides.slide import open_slide, rgba_to_rgb
+from slidemil.slides.tiling import TileParams, select_tiles, tile_fractions, tile_slide
+from slidemil.slides.tissue import TissueParams, mask_slide
 
 
 def test_tile_fractions_counts_mask_per_cell():
@@ -58,7 +58,7 @@ def test_tiles_match_the_slide_at_target_mpp(small_slide, tmp_path, target_mpp):
 
 
 def test_blank_slide_gives_empty_valid_store(tmp_path):
-    from slidemil.demo import write_pyramidal_tiff
+    from slidemil.cohorts.demo import write_pyramidal_tiff
 
     blank = np.full((1024, 1024, 3), 244, np.uint8)
     write_pyramidal_tiff(blank, tmp_path / "blank.tiff", 0.5)
@@ -141,7 +141,7 @@ def test_power_of_two_between_levels_decodes_at_reduced_scale(small_slide, tmp_p
     """1.0 mpp from a 0.5 mpp level with no 1.0 level: libjpeg's 1/2-scale decode, no resampling."""
     from PIL import Image
 
-    from slidemil.slide import open_tiled_jpeg_level, plan_read
+    from slidemil.slides.slide import open_tiled_jpeg_level, plan_read
 
     slide, _ = small_slide
     s = open_slide(slide)
@@ -201,7 +201,7 @@ def test_shard_writer_writes_what_zarr_writes(tmp_path):
     """write_tile_shard's files are byte-identical to zarr's own sharded write of the same tiles."""
     import imagecodecs
 
-    from slidemil.store import create_tile_arrays, write_tile_shard
+    from slidemil.slides.store import create_tile_arrays, write_tile_shard
 
     rng = np.random.default_rng(0)
     tiles = rng.integers(0, 200, (21, 16, 16, 3), dtype=np.uint8)  # 2 full shards of 8 and a partial one
@@ -221,7 +221,7 @@ def test_shard_writer_writes_what_zarr_writes(tmp_path):
 
 def test_decoded_source_tiles_are_evicted_as_the_pass_moves_down(small_slide, tmp_path, monkeypatch):
     """Memory is about a row of source tiles, not the slide: the decode cache never holds much more."""
-    from slidemil.slide import open_tiled_jpeg_level, plan_read
+    from slidemil.slides.slide import open_tiled_jpeg_level, plan_read
 
     slide, _ = small_slide
     s = open_slide(slide)
@@ -245,7 +245,7 @@ def test_decoded_source_tiles_are_evicted_as_the_pass_moves_down(small_slide, tm
 def test_corrupt_jpeg_tile_is_a_one_line_slide_error(small_slide, tmp_path):
     import shutil
 
-    from slidemil.slide import SlideError, open_tiled_jpeg_level
+    from slidemil.slides.slide import SlideError, open_tiled_jpeg_level
 
     slide, _ = small_slide
     bad = tmp_path / "bad.tiff"
@@ -285,7 +285,7 @@ def test_aperio_rgb_coded_tiles_are_copied_and_scaled_right(tmp_path):
 
     path = shared_slide("CMU-1-Small-Region.svs")
     mask_slide(path, tmp_path / "m.png", tmp_path / "qc.png", TissueParams())
-    from slidemil.slide import slide_mpp
+    from slidemil.slides.slide import slide_mpp
 
     mpp = slide_mpp(open_slide(path), path)  # 0.499: 240 px tiles at exactly the scan's mpp are its tiles
     attrs = tile_slide(path, tmp_path / "m.png", tmp_path / "t.zarr",
@@ -309,8 +309,8 @@ def test_aperio_rgb_coded_tiles_are_copied_and_scaled_right(tmp_path):
 def test_decoders_agree_with_and_without_simplejpeg(small_slide, monkeypatch, name):
     """simplejpeg is optional: imagecodecs (full scale) and Pillow's draft mode (DCT scaling) decode
     the same pixels without it."""
-    import slidemil.slide as slide_mod
-    from slidemil.slide import open_tiled_jpeg_level
+    import slidemil.slides.slide as slide_mod
+    from slidemil.slides.slide import open_tiled_jpeg_level
 
     path = small_slide[0] if name == "small" else shared_slide(name)
     lv = open_tiled_jpeg_level(path, open_slide(path), 0)
@@ -325,7 +325,7 @@ def test_corrupt_jpeg_tiles_are_an_error_not_garbage(small_slide, tmp_path, dama
     """Tiles copied without decoding (target = a level, tile = source tile) are checked too."""
     import tifffile
 
-    from slidemil.slide import SlideError
+    from slidemil.slides.slide import SlideError
 
     slide, _ = small_slide
     bad = tmp_path / "bad.tiff"

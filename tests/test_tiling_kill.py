@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slidemil.demo import write_pyramidal_tiff
+from slidemil.cohorts.demo import write_pyramidal_tiff
 from slidemil.files import temp_sibling
-from slidemil.tiling import TileParams, tile_slide
-from slidemil.tissue import TissueParams, mask_slide
+from slidemil.slides.tiling import TileParams, tile_slide
+from slidemil.slides.tissue import TissueParams, mask_slide
 
 PARAMS = {"target_mpp": 0.5, "tile_size": 16, "shard_tiles": 64}  # ~15k tiles in ~250 shards: ~1 s of writing
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from conftest import shared_slide
-from slidemil.slide import open_slide, read_thumbnail
-from slidemil.tissue import TissueParams, mask_slide, otsu_threshold, tissue_mask
+from slidemil.slides.slide import open_slide, read_thumbnail
+from slidemil.slides.tissue import TissueParams, mask_slide, otsu_threshold, tissue_mask
 
 
 def _pink_disc(size=200, hole_radius=0):
@@ -101,7 +101,7 @@ def test_each_pen_colour_is_excluded_including_black(inked_slide, tmp_path):
 
 
 def test_black_ink_over_tissue_is_cut_out_but_dark_nuclei_are_not():
-    from slidemil.tissue import ink_mask
+    from slidemil.slides.tissue import ink_mask
 
     um = 8.0
     rgb, tissue = _pink_disc(size=200)
@@ -124,7 +124,7 @@ def _blurred_demo(seed: int = 3, sigma: float = 24.0):
     """A 3072 x 2048 demo slide at 0.5 mpp whose right half is out of focus (Gaussian, level-0 px)."""
     from scipy import ndimage as ndi
 
-    from slidemil.demo import DemoSlideSpec, render_slide
+    from slidemil.cohorts.demo import DemoSlideSpec, render_slide
 
     # no lobules or mimics: their coarse gland/lumen contrast survives a blur (the demo's realism, not focus)
     spec = DemoSlideSpec(width=3072, height=2048, mpp=0.5, lobule_fraction=(0.0, 0.0), mimic_probability=(0.0, 0.0))
@@ -135,7 +135,7 @@ def _blurred_demo(seed: int = 3, sigma: float = 24.0):
 
 
 def test_blurred_region_is_excluded_sharp_tissue_kept(tmp_path):
-    from slidemil.demo import write_pyramidal_tiff
+    from slidemil.cohorts.demo import write_pyramidal_tiff
 
     sharp, blurred = _blurred_demo()
     write_pyramidal_tiff(blurred, tmp_path / "blur.tiff", 0.5)

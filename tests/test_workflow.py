@@ -177,7 +177,7 @@ def test_editing_a_module_a_stage_imports_replans_that_stage(finished_run, tmp_p
         return {m.group(1) for m in re.finditer(r"^(\w+)\s+\d+$", first_table, re.M)} - {"total", "job"}
 
     assert planned() == set()  # the copy's code is the code the run was made with
-    metrics = copy / "src" / "slidemil" / "metrics.py"
+    metrics = copy / "src" / "slidemil" / "evaluate" / "metrics.py"
     metrics.write_text(metrics.read_text() + "\n_EDITED = True\n")
     readers = {"mil", "evaluate", "heatmaps", "probe"}
     assert readers <= planned() <= readers | {"probe_table", "all"}

@@ -25,7 +25,7 @@ def _fields(cls, params: dict) -> dict:
 
 
 def cmd_demo_slide(a: argparse.Namespace) -> None:
-    from slidemil.demo import DemoSlideSpec, make_demo_slide
+    from slidemil.cohorts.demo import DemoSlideSpec, make_demo_slide
 
     p = _json(a.params)
     spec = DemoSlideSpec(**{k: p[k] for k in ("width", "height", "mpp") if k in p})
@@ -33,7 +33,7 @@ def cmd_demo_slide(a: argparse.Namespace) -> None:
 
 
 def cmd_mask(a: argparse.Namespace) -> None:
-    from slidemil.tissue import TissueParams, mask_slide_or_flag
+    from slidemil.slides.tissue import TissueParams, mask_slide_or_flag
 
     p = _json(a.params)
     mask_slide_or_flag(a.slide, a.slide_id, a.out, a.qc, TissueParams(**_fields(TissueParams, p)),
@@ -41,7 +41,7 @@ def cmd_mask(a: argparse.Namespace) -> None:
 
 
 def cmd_tile(a: argparse.Namespace) -> None:
-    from slidemil.tiling import TileParams, tile_slide_or_flag
+    from slidemil.slides.tiling import TileParams, tile_slide_or_flag
 
     params = TileParams(**_fields(TileParams, _json(a.params)))
     tile_slide_or_flag(a.slide, a.slide_id, a.mask, a.mask_qc, a.out, a.qc, params, a.mpp, threads=a.threads,
@@ -49,8 +49,8 @@ def cmd_tile(a: argparse.Namespace) -> None:
 
 
 def cmd_preprocess(a: argparse.Namespace) -> None:
-    from slidemil.tiling import TileParams, preprocess_batch
-    from slidemil.tissue import TissueParams
+    from slidemil.slides.tiling import TileParams, preprocess_batch
+    from slidemil.slides.tissue import TissueParams
 
     m = _json(a.mask_params)
     preprocess_batch(_json(a.slides), a.masks_dir, a.mask_qc_dir, a.tiles_dir, a.qc_dir,
@@ -59,31 +59,31 @@ def cmd_preprocess(a: argparse.Namespace) -> None:
 
 
 def cmd_graph(a: argparse.Namespace) -> None:
-    from slidemil.graph import graphs_of_stores
+    from slidemil.slides.graph import graphs_of_stores
 
     graphs_of_stores(a.tiles, a.out, a.radius)
 
 
 def cmd_features_index(a: argparse.Namespace) -> None:
-    from slidemil.indexes import write_index
+    from slidemil.plan.indexes import write_index
 
     write_index("features", a.features_dir, a.samples, a.out)
 
 
 def cmd_graphs_index(a: argparse.Namespace) -> None:
-    from slidemil.indexes import write_index
+    from slidemil.plan.indexes import write_index
 
     write_index("graphs", a.graphs_dir, a.samples, a.out)
 
 
 def cmd_annotations_index(a: argparse.Namespace) -> None:
-    from slidemil.samples import write_annotation_table
+    from slidemil.cohorts.sheet import write_annotation_table
 
     write_annotation_table(a.samples, a.demo, a.out)
 
 
 def cmd_embed(a: argparse.Namespace) -> None:
-    from slidemil.embed import EncoderSpec, embed_slides
+    from slidemil.encoders.embed import EncoderSpec, embed_slides
 
     spec = EncoderSpec(**_fields(EncoderSpec, _json(a.encoder)))
     if a.weights:  # the rule's declared weights input (replacing the file reruns embedding)
@@ -94,8 +94,8 @@ def cmd_embed(a: argparse.Namespace) -> None:
 def cmd_pretrain(a: argparse.Namespace) -> None:
     import os
 
-    from slidemil.pretrain import PretrainParams, pretrain, sources_for_scope
-    from slidemil.samples import label_indices, slide_paths
+    from slidemil.ssl.pretrain import PretrainParams, pretrain, sources_for_scope
+    from slidemil.cohorts.sheet import label_indices, slide_paths
 
     import torch
 
@@ -115,21 +115,21 @@ def cmd_pretrain(a: argparse.Namespace) -> None:
 
 
 def cmd_qc(a: argparse.Namespace) -> None:
-    from slidemil.qc import write_cohort_qc
-    from slidemil.samples import slide_paths
+    from slidemil.slides.qc import write_cohort_qc
+    from slidemil.cohorts.sheet import slide_paths
 
     write_cohort_qc(slide_paths(a.tiles_dir, a.samples, ".zarr"), slide_paths(a.masks_dir, a.samples, ".json"),
                     a.out, a.plot)
 
 
 def cmd_export_h5(a: argparse.Namespace) -> None:
-    from slidemil.export import export_h5
+    from slidemil.slides.export import export_h5
 
     export_h5(a.tiles, a.out, a.features)
 
 
 def cmd_folds(a: argparse.Namespace) -> None:
-    from slidemil.folds import write_folds
+    from slidemil.cohorts.folds import write_folds
 
     p = _json(a.params)
     write_folds(a.samples, a.out, p.get("n_folds", 5), a.seed, p.get("val_fraction", 0.2),
@@ -158,7 +158,7 @@ def cmd_mil(a: argparse.Namespace) -> None:
 
 
 def cmd_hnm_mine(a: argparse.Namespace) -> None:
-    from slidemil.hnm import HNMParams, mine_round
+    from slidemil.hnm.mining import HNMParams, mine_round
 
     import torch
 
@@ -169,8 +169,8 @@ def cmd_hnm_mine(a: argparse.Namespace) -> None:
 
 
 def cmd_hnm_finetune(a: argparse.Namespace) -> None:
-    from slidemil.hnm import HNMParams, finetune_round
-    from slidemil.samples import slide_paths
+    from slidemil.hnm.mining import HNMParams, finetune_round
+    from slidemil.cohorts.sheet import slide_paths
 
     import torch
 
@@ -181,8 +181,8 @@ def cmd_hnm_finetune(a: argparse.Namespace) -> None:
 
 def cmd_hnm_mining(a: argparse.Namespace) -> None:
     from slidemil.files import atomic_path
-    from slidemil.hnm import HNMParams, mining_evidence
-    from slidemil.samples import read_annotation_table, slide_paths
+    from slidemil.hnm.mining import HNMParams, mining_evidence
+    from slidemil.cohorts.sheet import read_annotation_table, slide_paths
 
     rounds = []
     for d in a.rounds:  # .../fold{k}/round{t}
@@ -197,7 +197,7 @@ def cmd_hnm_mining(a: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
-    from slidemil.evaluate import parse_run_path, write_evaluation
+    from slidemil.evaluate.benchmark import parse_run_path, write_evaluation
 
     runs = [parse_run_path(pred) for pred in a.predictions]  # .../{encoder}/{model}/fold{k}/seed{s}/...
     out = {"table": a.out, "runs": a.runs_out or str(Path(a.out).with_name(Path(a.out).stem + "_runs.csv")),
@@ -207,8 +207,8 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
 
 def cmd_probe(a: argparse.Namespace) -> None:
-    from slidemil.probe import probe_encoder, write_probe_row
-    from slidemil.samples import label_indices, read_annotation_table
+    from slidemil.evaluate.probe import probe_encoder, write_probe_row
+    from slidemil.cohorts.sheet import label_indices, read_annotation_table
 
     row = probe_encoder(a.encoder, a.features_dir, a.folds, label_indices(a.samples, json.loads(a.classes)),
                         read_annotation_table(a.annotations)["tumour"], seed=a.seed, n_boot=a.bootstrap)
@@ -218,15 +218,15 @@ def cmd_probe(a: argparse.Namespace) -> None:
 
 
 def cmd_probe_table(a: argparse.Namespace) -> None:
-    from slidemil.probe import write_probe_table
+    from slidemil.evaluate.probe import write_probe_table
 
     write_probe_table(a.rows, a.out)
 
 
 def cmd_heatmaps(a: argparse.Namespace) -> None:
-    from slidemil.froc import FrocParams
-    from slidemil.heatmaps import heatmaps_for_model
-    from slidemil.samples import read_annotation_table, read_sheet
+    from slidemil.evaluate.froc import FrocParams
+    from slidemil.evaluate.heatmaps import heatmaps_for_model
+    from slidemil.cohorts.sheet import read_annotation_table, read_sheet
 
     samples = read_sheet(a.samples).set_index("slide_id", drop=False)
     froc = FrocParams(merge_um=a.froc_merge_um, itc_um=a.froc_itc_um or None, mask_um=a.froc_mask_um,
@@ -443,9 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from slidemil.failures import SlideFailure
-    from slidemil.samples import SampleSheetError
-    from slidemil.slide import SlideError
+    from slidemil.slides.failures import SlideFailure
+    from slidemil.cohorts.sheet import SampleSheetError
+    from slidemil.slides.slide import SlideError
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
     args = build_parser().parse_args(argv)

@@ -11,10 +11,10 @@ from snakemake.utils import validate
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 SRC = Path(workflow.current_basedir).parents[1] / "src"
-sys.path.insert(0, str(SRC))  # the sheet checks below are slidemil's own (src/slidemil/samples.py)
-from slidemil.codeversion import code_version as _code_version  # noqa: E402
-from slidemil.jobs import slide_batches  # noqa: E402
-from slidemil.samples import DEMO_MIMIC, DEMO_SLIDES, DEMO_TUMOUR, annotation_table, check_sheet, read_sheet  # noqa: E402
+sys.path.insert(0, str(SRC))  # the sheet checks below are slidemil's own (src/slidemil/cohorts/sheet.py)
+from slidemil.plan.codeversion import code_version as _code_version  # noqa: E402
+from slidemil.plan.jobs import slide_batches  # noqa: E402
+from slidemil.cohorts.sheet import DEMO_MIMIC, DEMO_SLIDES, DEMO_TUMOUR, annotation_table, check_sheet, read_sheet  # noqa: E402
 from slidemil.mil.params import check_mil_config, mil_grid  # noqa: E402
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -40,7 +40,7 @@ N_FOLDS = 1 if config["evaluate"]["use_official_split"] else config["evaluate"][
 # ones train once on the cohort (scope `all`, transductive) and join ENCODERS with today's feature paths;
 # label-using ones (WeakSupCon, SupCon) train per fold on the fold's training slides (scopes fold{k}) and
 # are listed in FOLD_ENCODERS, with per-fold features results/features/{encoder}/fold{k}/{slide}.zarr.
-from slidemil.pretrain import PretrainParams, scopes_of  # noqa: E402
+from slidemil.ssl.pretrain import PretrainParams, scopes_of  # noqa: E402
 
 PRETRAIN = {name: PretrainParams.from_dict(p or {}) for name, p in (config.get("pretrain") or {}).items()
             if (p or {}).get("enabled", True)}
@@ -60,7 +60,7 @@ ENCODERS.update({n: pretrained_encoder(n) for n, scopes in PRETRAIN_SCOPES.items
 FOLD_ENCODERS = [n for n, scopes in PRETRAIN_SCOPES.items() if scopes != ["all"]]
 # Hard-negative-mining runs (config `hnm`, workflow/rules/hnm.smk): round t >= 1 of run R is the
 # fold-trained encoder R-r{t} (results/encoders/R-r{t}/fold{k}/encoder.pt), benchmarked like the others.
-from slidemil.hnm import hnm_runs, round_encoder, round_encoders, round_metadata  # noqa: E402
+from slidemil.hnm.mining import hnm_runs, round_encoder, round_encoders, round_metadata  # noqa: E402
 
 HNM = hnm_runs(config.get("hnm"), [*ENCODERS, *FOLD_ENCODERS])
 HNM_ROUNDS = round_encoders(HNM)  # encoder name -> (run, round)

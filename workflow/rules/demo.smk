@@ -7,7 +7,7 @@ rule demo_slide:
     output:
         slide=DEMO_SLIDES,
         annotation=DEMO_TUMOUR,
-        mimic=DEMO_MIMIC,  # written beside `annotation` (slidemil.demo.mimic_path)
+        mimic=DEMO_MIMIC,  # written beside `annotation` (slidemil.cohorts.demo.mimic_path)
     params:
         positive=demo_positive,
         seed=config["seed"],

@@ -38,7 +38,7 @@ if EMBED_PER_JOB == 1:
 
 else:
     # config embed.slides_per_job > 1: one job (one process start-up) embeds a batch of slides; batches
-    # are hash buckets of slide ids (slidemil.jobs), so adding a slide reruns only its batch. One rule
+    # are hash buckets of slide ids (slidemil.plan.jobs), so adding a slide reruns only its batch. One rule
     # per encoder x batch with literal outputs: Snakemake indexes outputs by their text before the first
     # wildcard, and an {encoder} wildcard would file every batch under "results/features/", so each
     # feature lookup would scan all batches (planning quadratic in slides).

@@ -1,5 +1,5 @@
 # The benchmark tables (per encoder x model, and per run), paired comparisons, the claims table
-# and the ROC plot, from every MIL run's predictions (slidemil.evaluate documents the estimators).
+# and the ROC plot, from every MIL run's predictions (slidemil.evaluate.benchmark documents the estimators).
 
 
 rule evaluate:
@@ -106,7 +106,7 @@ rule heatmaps:
         "python -m slidemil heatmaps --folds {params.folds} --features-dir '{params.features_dir}' --samples {input.samples:q} --annotations {input.annotations:q} --out-dir {params.out_dir} --title '{params.title}' 2> {log:q}"
 
 
-# Linear probe of each encoder's tile features against the tumour annotations (slidemil.probe).
+# Linear probe of each encoder's tile features against the tumour annotations (slidemil.evaluate.probe).
 rule probe:
     input:
         features=heatmap_features,  # the encoder's feature index(es), per fold for fold-trained ones

@@ -1,4 +1,4 @@
-# Indexes of per-slide outputs (slidemil.indexes): one TSV per feature folder and one over the graphs.
+# Indexes of per-slide outputs (slidemil.plan.indexes): one TSV per feature folder and one over the graphs.
 # mil, heatmaps, probe and hnm_mine take them as input instead of every slide's store, so Snakemake
 # plans one edge per job, not one per slide; a newer store rewrites its index, which reruns the readers.
 

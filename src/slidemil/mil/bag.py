@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from slidemil.graph import neighbour_graph
+from slidemil.slides.graph import neighbour_graph
 
 
 @dataclass

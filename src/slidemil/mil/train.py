@@ -35,7 +35,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from slidemil import __version__
-from slidemil.metrics import auc
+from slidemil.evaluate.metrics import auc
 from slidemil.mil.bag import Bag
 from slidemil.mil.losses.mirank import pair_loss
 from slidemil.mil.models import MIL_MODELS, MilOutput, build_mil

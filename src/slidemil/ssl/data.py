@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 class TileReader:
-    """Random single-tile reads from a tile store made by slidemil.store.create_tile_arrays.
+    """Random single-tile reads from a tile store made by slidemil.slides.store.create_tile_arrays.
 
     read(i) -> uint8 [T, T, 3]. Opened lazily so that each DataLoader worker has its own handle.
     """
@@ -95,8 +95,8 @@ class SlideSource:
 
 def slide_neighbours(source: SlideSource, radius: int) -> tuple[np.ndarray, np.ndarray]:
     """CSR (indptr, indices) of tiles within Chebyshev `radius`: the graph file when its radius
-    matches, else rebuilt from the store's grid (slidemil.graph.neighbour_graph)."""
-    from slidemil.graph import neighbour_graph
+    matches, else rebuilt from the store's grid (slidemil.slides.graph.neighbour_graph)."""
+    from slidemil.slides.graph import neighbour_graph
 
     if source.graph and Path(source.graph).exists():
         with np.load(source.graph) as z:
@@ -104,7 +104,7 @@ def slide_neighbours(source: SlideSource, radius: int) -> tuple[np.ndarray, np.n
                 return z["indptr"], z["indices"]
             grid = z["grid"]
     else:
-        from slidemil.store import open_tiles
+        from slidemil.slides.store import open_tiles
 
         grid = np.asarray(open_tiles(source.tiles)["grid"][:])
     return neighbour_graph(grid, radius)

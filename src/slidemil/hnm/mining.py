@@ -8,7 +8,7 @@ Per run (config `hnm`, name: params), fold k and round t = 1..rounds:
    labels only if the validation metric did not drop below the best of the earlier rounds (else
    the last accepted ones stay). Writes pseudo_labels.npz and gate.json.
 2. `finetune_round`: the round-(t-1) encoder fine-tuned with HNM-WSI's SupCon steps
-   (objective `supcon_hnm_steps`) on the mined tiles through slidemil.pretrain (checkpoint per
+   (objective `supcon_hnm_steps`) on the mined tiles through slidemil.ssl.pretrain (checkpoint per
    epoch, resume): hard negatives = the top `neg_ratio` quantile of negative slides' tiles;
    pseudo-positives = positive slides' tiles above `pos_threshold`, of which a self-paced top
    quantile (spl_start -> spl_end after the warm-up) drives step B.
@@ -119,7 +119,7 @@ def round_encoders(runs: dict[str, HNMParams]) -> dict[str, tuple[str, int]]:
 
 
 def round_metadata(runs: dict[str, HNMParams], base_arch: Callable[[str], str]) -> list[dict]:
-    """Claims metadata (slidemil.claims) of every round encoder: hnm_round t and its hnm_base."""
+    """Claims metadata (slidemil.evaluate.claims) of every round encoder: hnm_round t and its hnm_base."""
     return [{"name": enc, "arch": base_arch(runs[run].base), "objective": "supcon_hnm_steps", "hnm_round": t,
              "hnm_base": runs[run].base} for enc, (run, t) in round_encoders(runs).items()]
 
@@ -200,7 +200,7 @@ def _f1(y: np.ndarray, p: np.ndarray) -> float:
 
 
 def _auc(y: np.ndarray, p: np.ndarray) -> float:
-    from slidemil.metrics import auc_binary
+    from slidemil.evaluate.metrics import auc_binary
 
     a = auc_binary(y == 1, p)
     return 0.0 if not np.isfinite(a) else a
@@ -231,7 +231,7 @@ def mine_round(features_dir: str | Path, folds_csv: str | Path, samples_tsv: str
 
     from slidemil.files import atomic_path, write_text
     from slidemil.mil.train import FeatureStoreBags, train_mil
-    from slidemil.samples import read_sheet
+    from slidemil.cohorts.sheet import read_sheet
 
     out_dir = Path(out_dir)
     table = pd.read_csv(folds_csv, dtype={"slide_id": str})
@@ -299,7 +299,7 @@ def _draw(rng: np.random.Generator, pool: np.ndarray, k: int) -> np.ndarray:
 
 
 class MinedPairs:
-    """The fine-tuning tiles of a round as a pretraining dataset (slidemil.pretrain `dataset=`).
+    """The fine-tuning tiles of a round as a pretraining dataset (slidemil.ssl.pretrain `dataset=`).
 
     Item k of an epoch -> (tile uint8 [T,T,3], the same tile, label code, False): two augmented
     views of one mined tile; the label code (slidemil.ssl.losses.hnm_steps.encode_labels) carries
@@ -373,7 +373,7 @@ class MinedPairs:
 
 def finetune_params(p: HNMParams, base: dict, init_weights: str | None) -> "PretrainParams":  # noqa: F821
     """The pretraining entry of a round: the base encoder's backbone, HNM-WSI's SupCon steps."""
-    from slidemil.pretrain import PretrainParams
+    from slidemil.ssl.pretrain import PretrainParams
 
     return PretrainParams(objective="supcon_hnm_steps", sampler="augment", backbone=base["arch"],
                           depth=base.get("depth"), weights=init_weights, input_size=base.get("input_size"),
@@ -395,7 +395,7 @@ def finetune_round(tiles: list[str], pseudo_labels: str | Path, params: HNMParam
                    on_epoch_end: Callable[[int], None] | None = None) -> dict:
     """Step 3: fine-tune the round-(t-1) encoder (`init_weights`; None = the base's seeded random init)
     on the mined tiles of the training slides listed in `pseudo_labels`; writes `out` (encoder.pt)."""
-    from slidemil.pretrain import pretrain
+    from slidemil.ssl.pretrain import pretrain
     from slidemil.ssl.data import SlideSource
 
     pl = PseudoLabels.load(pseudo_labels)
@@ -428,7 +428,7 @@ def mining_evidence(rounds: list[tuple[int, int, str | Path]], tiles: dict[str, 
     import pandas as pd
     import zarr
 
-    from slidemil.heatmaps import tile_labels
+    from slidemil.evaluate.heatmaps import tile_labels
 
     inside_cache: dict[tuple[str, str], np.ndarray] = {}
 

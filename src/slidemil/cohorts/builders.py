@@ -4,11 +4,11 @@ Each builder turns the files users download into the workflow's sample sheet, a 
 ``slide_id, path, label, patient_id`` and the optional ``split`` (train/val/test), ``mpp`` and
 ``annotation``; an optional column is written only when some row has a value.
 
-    python -m slidemil.cohorts camelyon16 --slides CAMELYON16/ --reference testing/reference.csv \
+    python -m slidemil.cohorts.builders camelyon16 --slides CAMELYON16/ --reference testing/reference.csv \
         [--annotations lesion_annotations/] --out samples.tsv
-    python -m slidemil.cohorts tcga_nsclc --manifest gdc_manifest.txt --clinical clinical.tsv \
+    python -m slidemil.cohorts.builders tcga_nsclc --manifest gdc_manifest.txt --clinical clinical.tsv \
         --slides slides/ --out samples.tsv
-    python -m slidemil.cohorts tcga_rcc --manifest kirc.txt=KIRC --manifest kirp.txt=KIRP \
+    python -m slidemil.cohorts.builders tcga_rcc --manifest kirc.txt=KIRC --manifest kirp.txt=KIRP \
         --manifest kich.txt=KICH --slides slides/ --out samples.tsv
 
 Input problems stop the builder with a one-line ``CohortError`` naming the file and row (missing
@@ -31,7 +31,7 @@ from pathlib import Path
 
 from slidemil.files import atomic_path
 
-log = logging.getLogger("slidemil.cohorts")
+log = logging.getLogger("slidemil.cohorts.builders")
 
 REQUIRED_COLUMNS = ("slide_id", "path", "label", "patient_id")
 OPTIONAL_COLUMNS = ("split", "mpp", "annotation")
@@ -433,7 +433,7 @@ def _manifest_arg(value: str) -> tuple[str, str | None]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m slidemil.cohorts", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m slidemil.cohorts.builders", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cohort", required=True)
 
     c = sub.add_parser("camelyon16", help="Camelyon16 (normal/tumor, official train/test split)")

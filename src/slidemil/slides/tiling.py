@@ -28,10 +28,10 @@ import numpy as np
 import zarr
 
 from slidemil import __version__
-from slidemil.slide import (MPP_TOLERANCE, ReadPlan, SlideError, TiledJpegLevel, VipsSlide, open_slide,
+from slidemil.slides.slide import (MPP_TOLERANCE, ReadPlan, SlideError, TiledJpegLevel, VipsSlide, open_slide,
                             open_tiled_jpeg_level, plan_read, rgba_to_rgb, slide_mpp)
 from slidemil.files import atomic_path
-from slidemil.store import create_tile_arrays, write_index_arrays, write_tile_shard
+from slidemil.slides.store import create_tile_arrays, write_index_arrays, write_tile_shard
 
 log = logging.getLogger(__name__)
 
@@ -376,10 +376,10 @@ def tile_slide_or_flag(slide_path: str | Path, slide_id: str, mask_png: str | Pa
     picture flagged failed, after one ERROR line; on_error 'fail' raises SlideFailure instead
     (the CLI exits 1). Returns the store's attrs.
     """
-    from slidemil.failures import (FAILED, failure_picture, failure_reason, report_failure, slide_read_errors,
+    from slidemil.slides.failures import (FAILED, failure_picture, failure_reason, report_failure, slide_read_errors,
                                    write_failed_store)
     from slidemil.files import save_png
-    from slidemil.qcpicture import tile_picture
+    from slidemil.slides.qcpicture import tile_picture
 
     mask_meta = json.loads(Path(mask_png).with_suffix(".json").read_text())
     reason = None
@@ -411,11 +411,11 @@ def tile_slide_or_flag(slide_path: str | Path, slide_id: str, mask_png: str | Pa
 def mask_and_tile_or_flag(slide_path: str | Path, slide_id: str, mask_png: str | Path, mask_qc_png: str | Path,
                           out: str | Path, qc_png: str | Path, tissue, mask_mpp: float, params: TileParams,
                           mpp_override: float | None = None, threads: int = 1, on_error: str = "fail") -> dict:
-    """One slide of the workflow's tile job: the tissue mask (slidemil.tissue.mask_slide_or_flag), then
+    """One slide of the workflow's tile job: the tissue mask (slidemil.slides.tissue.mask_slide_or_flag), then
     the tiles (`tile_slide_or_flag`). One stage, not two: Snakemake's planning time grows with the
     number of jobs (10,000 slides), and the mask costs one thumbnail read, so redoing it when only
     tile parameters change is cheap. `tissue`: a TissueParams."""
-    from slidemil.tissue import mask_slide_or_flag
+    from slidemil.slides.tissue import mask_slide_or_flag
 
     mask_slide_or_flag(slide_path, slide_id, mask_png, mask_qc_png, tissue, mask_mpp=mask_mpp,
                        mpp_override=mpp_override, on_error=on_error)

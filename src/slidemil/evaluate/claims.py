@@ -4,7 +4,7 @@ One function per claim, registered with @claim. A claim function reads only the 
 metadata (the config's encoder entries, the benchmarked (encoder, model) methods, the baselines)
 and returns the paired comparisons that test it, each "A beats B"; claims_table runs them (AUC
 difference on the common test slides, paired stratified bootstrap 95% CI and p-value:
-slidemil.evaluate.compare) and gives each a verdict:
+slidemil.evaluate.benchmark.compare) and gives each a verdict:
 
 * holds: the CI's lower bound is above 0 (A's AUC is higher);
 * does not hold: the CI's upper bound is below `margin` (config evaluate.claim_margin, AUC
@@ -18,7 +18,7 @@ multiplicity correction: read it as "holds in k of n comparisons".
 
 Encoder metadata comes from the config's `encoders` entries (frozen encoders) and `pretrain`
 entries (name: params; each becomes an encoder of the benchmark, its `backbone` read as `arch`
-and the defaults of slidemil.pretrain.PretrainParams filled in: encoder_metadata). Conventions
+and the defaults of slidemil.ssl.pretrain.PretrainParams filled in: encoder_metadata). Conventions
 the claims expect (all optional; an entry without them takes part in no claim):
 
 * objective: the pretraining loss as registered in slidemil.ssl.losses: weaksupcon, supcon,
@@ -49,7 +49,7 @@ from typing import Any, Callable
 import pandas as pd
 
 Method = tuple[str, str]  # (encoder, model)
-# slidemil.pretrain.PretrainParams' defaults for the keys the claims read (a test checks).
+# slidemil.ssl.pretrain.PretrainParams' defaults for the keys the claims read (a test checks).
 PRETRAIN_DEFAULTS = {"objective": "simclr", "sampler": "augment", "backbone": "resnet18"}
 # Label-free objectives of slidemil.ssl.losses' registry (names as registered there; a test checks).
 SSL_OBJECTIVES = ("simclr", "byol", "vicreg", "barlow", "dino")

@@ -12,13 +12,13 @@ Estimators, with the column names that carry them:
   one training run of the method achieves. Not the AUC of seed-averaged probabilities, which
   would score a seed ensemble and flatter methods whose seeds disagree. `pooled_auc_ci_lo/hi`:
   stratified percentile bootstrap 95% CI over slides (positives and negatives resampled
-  separately, the same slides for every seed; slidemil.stats). Comparisons and claims use the
+  separately, the same slides for every seed; slidemil.evaluate.stats). Comparisons and claims use the
   same estimator, so a benchmark row and a comparison row about one method agree.
 * `fold_auc_mean`, `fold_auc_sd` (benchmark.csv): mean and sd (ddof 1) of the per-run test AUC
   over folds x seeds (runs whose test part has one class only are left out): the spread a
   single (fold, seed) run shows.
 * `balanced_accuracy`, `f1`, `sensitivity`, `specificity`: each run classifies its test slides at
-  a threshold chosen on that run's validation slides only (Youden's J, slidemil.stats;
+  a threshold chosen on that run's validation slides only (Youden's J, slidemil.evaluate.stats;
   0.5 when validation has one class or no evidence); the confusion counts are pooled over folds
   x seeds. C > 2 classes: argmax, macro F1, sensitivity/specificity nan. Per-run values in
   benchmark_runs.csv.
@@ -41,8 +41,8 @@ import numpy as np
 import pandas as pd
 
 from slidemil.files import atomic_path
-from slidemil.metrics import binary_metrics, label_metrics, predict
-from slidemil.stats import auc_ci, delong_test, paired_auc_bootstrap, seed_mean_auc, youden_threshold
+from slidemil.evaluate.metrics import binary_metrics, label_metrics, predict
+from slidemil.evaluate.stats import auc_ci, delong_test, paired_auc_bootstrap, seed_mean_auc, youden_threshold
 
 log = logging.getLogger(__name__)
 
@@ -368,7 +368,7 @@ def write_evaluation(runs: Iterable[Run | dict[str, Any]], classes: Sequence[str
     order + metadata the claims read); models: config `mil.models` (run parameters the claims read);
     pretrain: config `pretrain` (pretrained encoders, after `encoders` in order; their metadata).
     """
-    from slidemil.claims import ClaimContext, claims_table, encoder_metadata, normalise_models
+    from slidemil.evaluate.claims import ClaimContext, claims_table, encoder_metadata, normalise_models
 
     params = params or {}
     ev = evaluate_runs(runs, classes, n_boot=n_boot, seed=seed)

@@ -96,7 +96,7 @@ def slide_paths(directory: str | Path, samples: str | Path, suffix: str) -> list
 # Where the demo workflow (config `demo.enabled`) writes each generated slide and its annotations.
 DEMO_SLIDES = "results/demo/slides/{slide}.tiff"
 DEMO_TUMOUR = "results/demo/annotations/{slide}.geojson"
-DEMO_MIMIC = "results/demo/annotations/{slide}.mimic.geojson"  # slidemil.demo.mimic_path of DEMO_TUMOUR
+DEMO_MIMIC = "results/demo/annotations/{slide}.mimic.geojson"  # slidemil.cohorts.demo.mimic_path of DEMO_TUMOUR
 
 
 def annotation_table(sheet: pd.DataFrame, demo: bool) -> dict[str, dict[str, str]]:

@@ -139,7 +139,7 @@ def mask_slide(slide_path, out_png, qc_png, params: TissueParams, mask_mpp: floa
                mpp_override: float | None = None, max_side: int = 4096) -> dict:
     """Tissue mask of one slide at ~`mask_mpp`: mask PNG + JSON sidecar + QC picture PNG.
 
-    The QC picture is a ~1000 px thumbnail (slidemil.qcpicture): from the mask's thumbnail when
+    The QC picture is a ~1000 px thumbnail (slidemil.slides.qcpicture): from the mask's thumbnail when
     that is larger, else read from the pyramid level nearest its size, never level 0 whole.
     """
     import json
@@ -148,8 +148,8 @@ def mask_slide(slide_path, out_png, qc_png, params: TissueParams, mask_mpp: floa
     from PIL import Image
 
     from slidemil.files import save_png, write_text
-    from slidemil.qcpicture import mask_picture, panel_long_side
-    from slidemil.slide import open_slide, read_thumbnail, slide_mpp
+    from slidemil.slides.qcpicture import mask_picture, panel_long_side
+    from slidemil.slides.slide import open_slide, read_thumbnail, slide_mpp
 
     slide = open_slide(slide_path)
     mpp = slide_mpp(slide, slide_path, mpp_override)
@@ -189,7 +189,7 @@ def mask_slide_or_flag(slide_path, slide_id: str, out_png, qc_png, params: Tissu
     """
     import logging
 
-    from slidemil.failures import failure_reason, report_failure, slide_read_errors, write_failed_mask
+    from slidemil.slides.failures import failure_reason, report_failure, slide_read_errors, write_failed_mask
 
     log = logging.getLogger("slidemil")
     try:

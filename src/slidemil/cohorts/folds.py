@@ -200,7 +200,7 @@ def write_folds(samples_path: str | Path, out: str | Path, n_folds: int = 5, see
     feature stores instead.
     """
     from slidemil.files import atomic_path
-    from slidemil.samples import SampleSheetError, read_sheet
+    from slidemil.cohorts.sheet import SampleSheetError, read_sheet
 
     samples = read_sheet(samples_path)
     if use_official_split:

@@ -2,7 +2,7 @@
 
 Conventions. y: int [N] class indices (binary: 1 = positive). Scores carry a leading seed axis:
 probs [S, N] (binary: positive-class score) or [S, N, C] (class probabilities; C > 2: one-vs-rest
-macro AUC, slidemil.metrics.auc); a 1-D [N] array is one seed. The AUC of a method is the mean
+macro AUC, slidemil.evaluate.metrics.auc); a 1-D [N] array is one seed. The AUC of a method is the mean
 over seeds of each seed's AUC on the same slides (`seed_mean_auc`): what one training run
 achieves on average, not the AUC of a seed ensemble (averaging probabilities first would reward
 methods whose seeds disagree).
@@ -32,7 +32,7 @@ import math
 import numpy as np
 from scipy.stats import norm, rankdata
 
-from slidemil.metrics import auc
+from slidemil.evaluate.metrics import auc
 
 
 def with_seed_axis(probs: np.ndarray, n: int) -> np.ndarray:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from slidemil.files import atomic_path
-from slidemil.samples import read_sheet
+from slidemil.cohorts.sheet import read_sheet
 
 
 def feature_row(path: Path) -> dict:

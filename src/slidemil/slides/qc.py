@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from slidemil.failures import EMPTY, FAILED, store_status
+from slidemil.slides.failures import EMPTY, FAILED, store_status
 from slidemil.files import atomic_path
 
 

@@ -263,9 +263,9 @@ def pretrain(sources: list[SlideSource], params: PretrainParams, out: str | Path
     sources: the slides of this scope (with labels when the objective uses them). Resumes from
     `<out dir>/checkpoints/last.pt` when it was written with the same params, seed and slides.
     dataset: pairs chosen by the caller instead of the sampler's (hard-negative mining's mined
-    tiles, slidemil.hnm); its `digest()` joins the resume key.
+    tiles, slidemil.hnm.mining); its `digest()` joins the resume key.
     """
-    from slidemil.embed import pick_device
+    from slidemil.encoders.embed import pick_device
 
     out = Path(out)
     dev = pick_device(device)
@@ -391,7 +391,7 @@ def sources_for_scope(tiles: list[str], graphs: list[str] | None, scope: str, la
     A store's slide id is its file stem (results/tiles/{slide}.zarr); stores flagged failed/empty
     or without tiles are left out. Labels are attached only for fold scopes: `all` never sees one.
     """
-    from slidemil.store import open_tiles  # registers the tiles' JPEG codec with zarr
+    from slidemil.slides.store import open_tiles  # registers the tiles' JPEG codec with zarr
 
     fold = parse_scope(scope)
     keep = None if fold is None else set(training_slides(folds_csv, fold))

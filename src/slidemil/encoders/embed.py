@@ -16,7 +16,7 @@ from torch import nn
 
 from slidemil.encoders import (ENCODERS, IMAGENET_MEAN, IMAGENET_STD, EncoderSpec, build_encoder,  # noqa: F401
                                register_encoder)
-from slidemil.store import open_tiles, write_features
+from slidemil.slides.store import open_tiles, write_features
 
 log = logging.getLogger(__name__)
 AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}

@@ -5,7 +5,7 @@ thumbnail (PNGs of a few test slides per fold, for the report) and written for e
 GeoJSON tile detections with measurements, which QuPath opens over the slide. Where the slide has
 an annotation (GeoJSON polygons, or a Camelyon16 ASAP XML), tiles whose centre lies inside a lesion
 are positives: the scores' instance AUC says whether the model looks at the tumour, and the
-Camelyon16 lesion-level FROC (slidemil.froc) whether its top tiles find each lesion. The training
+Camelyon16 lesion-level FROC (slidemil.evaluate.froc) whether its top tiles find each lesion. The training
 curves of the same runs are drawn too.
 """
 
@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from slidemil.froc import (FP_RATES, FrocParams, SlideHits, detection_confidence, froc_curve, froc_summary,
+from slidemil.evaluate.froc import (FP_RATES, FrocParams, SlideHits, detection_confidence, froc_curve, froc_summary,
                            lesion_mask, local_maxima, match_detections)
 from slidemil.files import atomic_path
-from slidemil.metrics import auc_binary
+from slidemil.evaluate.metrics import auc_binary
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def load_polygons(path: str | Path) -> tuple[list[np.ndarray], list[np.ndarray]]
     """(lesions, holes) as lists of level-0 (x, y) vertex arrays from GeoJSON or ASAP XML."""
     path = Path(path)
     if path.suffix.lower() == ".xml":
-        from slidemil.cohorts import read_asap_annotation
+        from slidemil.cohorts.builders import read_asap_annotation
 
         lesions, holes = [], []
         for _, group, xy in read_asap_annotation(path):
@@ -207,8 +207,8 @@ def heatmaps_for_model(run_dirs: Sequence[str | Path], features_dir: str | Path,
     - geojson/{slide}.geojson for every test slide: tiles as QuPath detections with measurements
       attention (the raw instance score), attention_rank (0-1 within the slide), score (the FROC
       confidence: slide probability x min-max scaled attention) and, where annotated, tumour (0/1).
-    - png/{slide}.png for up to `png_per_fold` test slides per run (slidemil.heatmaps.pick_slides).
-    - froc.csv (one row: slidemil.froc.froc_summary + the slides left out and the FROC params) and
+    - png/{slide}.png for up to `png_per_fold` test slides per run (slidemil.evaluate.heatmaps.pick_slides).
+    - froc.csv (one row: slidemil.evaluate.froc.froc_summary + the slides left out and the FROC params) and
       froc_curve.csv (threshold, fps_per_slide, sensitivity).
     - training_curves.png of the runs.
 
@@ -219,8 +219,8 @@ def heatmaps_for_model(run_dirs: Sequence[str | Path], features_dir: str | Path,
     """
     import zarr
 
-    from slidemil.slide import open_slide, read_thumbnail
-    from slidemil.store import read_features
+    from slidemil.slides.slide import open_slide, read_thumbnail
+    from slidemil.slides.store import read_features
 
     out_dir = Path(out_dir)
     png_dir, geo_dir = out_dir / "png", out_dir / "geojson"

@@ -28,11 +28,11 @@ OK, EMPTY, FAILED = "ok", "empty", "failed"
 def slide_read_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "this slide file is unusable", not "slidemil has a bug".
 
-    SlideError (raised by slidemil.slide with a message naming the file and the fix) and the
+    SlideError (raised by slidemil.slides.slide with a message naming the file and the fix) and the
     decode errors of the libraries that read pixels (OpenSlide, libvips, tifffile, Pillow): a slide
     that opens but whose tiles are truncated or corrupt raises those mid-read.
     """
-    from slidemil.slide import SlideError
+    from slidemil.slides.slide import SlideError
 
     errors: list[type[BaseException]] = [SlideError]
     try:
@@ -61,7 +61,7 @@ def slide_read_errors() -> tuple[type[BaseException], ...]:
 
 def failure_reason(exc: BaseException, slide_path: str | Path) -> str:
     """One line: the SlideError message as is, a library decode error with the file and a fix."""
-    from slidemil.slide import SlideError
+    from slidemil.slides.slide import SlideError
 
     msg = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, SlideError):
@@ -101,7 +101,7 @@ def write_failed_store(out: str | Path, slide_id: str, reason: str, tile_size: i
     """A valid tile store with 0 tiles (tiles [0,T,T,3], coords/grid [0,2]) flagged `failed`."""
     import zarr
 
-    from slidemil.store import create_tile_arrays, write_index_arrays
+    from slidemil.slides.store import create_tile_arrays, write_index_arrays
 
     full = {**(attrs or {}), "slide_id": slide_id, "status": FAILED, "reason": reason, "n_tiles": 0,
             "tile_size": int(tile_size), "slidemil_version": __version__}
