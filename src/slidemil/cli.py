@@ -83,35 +83,17 @@ def cmd_annotations_index(a: argparse.Namespace) -> None:
 
 
 def cmd_embed(a: argparse.Namespace) -> None:
-    from slidemil.encoders.embed import EncoderSpec, embed_slides
+    from slidemil.encoders import EncoderSpec
+    from slidemil.encoders.job import embed_job
 
-    spec = EncoderSpec(**_fields(EncoderSpec, _json(a.encoder)))
-    if a.weights:  # the rule's declared weights input (replacing the file reruns embedding)
-        spec = dataclasses.replace(spec, weights=a.weights)
-    embed_slides(a.tiles, a.out, spec, a.seed, device=a.device, threads=a.threads)
+    embed_job(_fields(EncoderSpec, _json(a.encoder)), a.weights, a.tiles, a.out, a.seed, a.device, a.threads)
 
 
 def cmd_pretrain(a: argparse.Namespace) -> None:
-    import os
+    from slidemil.ssl.job import pretrain_job
 
-    from slidemil.ssl.pretrain import PretrainParams, pretrain, sources_for_scope
-    from slidemil.cohorts.sheet import label_indices, slide_paths
-
-    import torch
-
-    torch.set_num_threads(a.threads)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: one process per GPU, negatives gathered
-        import torch.distributed as dist
-
-        dist.init_process_group("nccl" if torch.cuda.is_available() and a.device != "cpu" else "gloo")
-    params = PretrainParams.from_dict(_json(a.params))
-    # slide label -> class index (0 = the negative class); only fold scopes get them
-    labels = label_indices(a.samples, json.loads(a.classes)) if params.uses_labels else None
-    graphs = slide_paths(a.graphs_dir, a.samples, ".npz") if a.graphs_dir else []
-    sources = sources_for_scope(slide_paths(a.tiles_dir, a.samples, ".zarr"), graphs, a.scope, labels, a.folds)
-    logging.info("pretrain %s scope %s: %d slides, objective %s, sampler %s", a.out, a.scope, len(sources),
-                 params.objective, params.sampler)
-    pretrain(sources, params, a.out, a.seed, device=a.device)
+    pretrain_job(_json(a.params), a.scope, a.tiles_dir, a.samples, json.loads(a.classes), a.out, a.seed, a.device,
+                 a.threads, graphs_dir=a.graphs_dir, folds=a.folds)
 
 
 def cmd_qc(a: argparse.Namespace) -> None:
@@ -137,63 +119,30 @@ def cmd_folds(a: argparse.Namespace) -> None:
 
 
 def cmd_mil(a: argparse.Namespace) -> None:
-    from slidemil.heap import tune_heap
+    from slidemil.mil.job import mil_job
 
-    tune_heap()  # allocator settings that keep peak RSS near the live tensors; before torch is imported
-    from slidemil.mil.params import run_params
-    from slidemil.mil.train import run_fold
-
-    p = _json(a.params)
-    if "models" in p:  # the whole `mil` block: this model's run params (its block over the top level)
-        p = run_params(p, a.model)
-    device = p.pop("device", "auto")
-    model = p.pop("model", a.model)  # the registered model of run a.model (an alias in the config)
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    run_fold(a.features_dir, a.folds, a.samples, a.fold, model, p, a.out_dir, a.seed,
-             json.loads(a.classes), device=device, threads=a.threads, graphs_dir=a.graphs_dir,
-             cache_mb=a.cache_mb)
+    mil_job(a.model, _json(a.params), a.features_dir, a.folds, a.samples, a.fold, json.loads(a.classes), a.out_dir,
+            a.seed, a.threads, graphs_dir=a.graphs_dir, cache_mb=a.cache_mb)
 
 
 def cmd_hnm_mine(a: argparse.Namespace) -> None:
-    from slidemil.hnm.mining import HNMParams, mine_round
+    from slidemil.hnm.job import mine_job
 
-    import torch
-
-    torch.set_num_threads(a.threads)
-    device = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    mine_round(a.features_dir, a.folds, a.samples, a.fold, HNMParams.from_dict(_json(a.params)), json.loads(a.classes),
-               a.out_dir, a.seed, a.round, previous_dir=a.previous or None, device=device)
+    mine_job(_json(a.params), a.features_dir, a.folds, a.samples, a.fold, a.round, json.loads(a.classes), a.out_dir,
+             a.seed, a.device, a.threads, previous_dir=a.previous)
 
 
 def cmd_hnm_finetune(a: argparse.Namespace) -> None:
-    from slidemil.hnm.mining import HNMParams, finetune_round
-    from slidemil.cohorts.sheet import slide_paths
+    from slidemil.hnm.job import finetune_job
 
-    import torch
-
-    torch.set_num_threads(a.threads)
-    finetune_round(slide_paths(a.tiles_dir, a.samples, ".zarr"), a.pseudo_labels, HNMParams.from_dict(_json(a.params)),
-                   _json(a.base), a.init or None, a.out, a.seed, device=a.device)
+    finetune_job(_json(a.params), a.tiles_dir, a.samples, a.pseudo_labels, _json(a.base), a.init, a.out, a.seed,
+                 a.device, a.threads)
 
 
 def cmd_hnm_mining(a: argparse.Namespace) -> None:
-    from slidemil.files import atomic_path
-    from slidemil.hnm.mining import HNMParams, mining_evidence
-    from slidemil.cohorts.sheet import read_annotation_table, slide_paths
+    from slidemil.hnm.job import evidence_job
 
-    rounds = []
-    for d in a.rounds:  # .../fold{k}/round{t}
-        parts = Path(d).parts
-        rounds.append((int(parts[-2].removeprefix("fold")), int(parts[-1].removeprefix("round")), d))
-    tiles = {Path(t).stem: t for t in slide_paths(a.tiles_dir, a.samples, ".zarr")}
-    ann = read_annotation_table(a.annotations)
-    table = mining_evidence(rounds, tiles, ann["mimic"], ann["tumour"], HNMParams.from_dict(_json(a.params)))
-    with atomic_path(a.out) as tmp:
-        table.to_csv(tmp, index=False)
-    logging.info("%s", table.to_string())
+    evidence_job(_json(a.params), a.rounds, a.tiles_dir, a.samples, a.annotations, a.out)
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
@@ -207,14 +156,10 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
 
 def cmd_probe(a: argparse.Namespace) -> None:
-    from slidemil.evaluate.probe import probe_encoder, write_probe_row
-    from slidemil.cohorts.sheet import label_indices, read_annotation_table
+    from slidemil.evaluate.job import probe_job
 
-    row = probe_encoder(a.encoder, a.features_dir, a.folds, label_indices(a.samples, json.loads(a.classes)),
-                        read_annotation_table(a.annotations)["tumour"], seed=a.seed, n_boot=a.bootstrap)
-    write_probe_row(row, a.out)
-    logging.info("probe %s: tile AUC %.3f [%.3f, %.3f], tumour vs mimic %.3f", a.encoder, row["tile_auc"],
-                 row["tile_auc_ci_lo"], row["tile_auc_ci_hi"], row["tile_auc_vs_mimic"])
+    probe_job(a.encoder, a.features_dir, a.folds, a.samples, json.loads(a.classes), a.annotations, a.out, a.seed,
+              a.bootstrap)
 
 
 def cmd_probe_table(a: argparse.Namespace) -> None:
@@ -224,18 +169,11 @@ def cmd_probe_table(a: argparse.Namespace) -> None:
 
 
 def cmd_heatmaps(a: argparse.Namespace) -> None:
-    from slidemil.evaluate.froc import FrocParams
-    from slidemil.evaluate.heatmaps import heatmaps_for_model
-    from slidemil.cohorts.sheet import read_annotation_table, read_sheet
+    from slidemil.evaluate.job import heatmaps_job
 
-    samples = read_sheet(a.samples).set_index("slide_id", drop=False)
-    froc = FrocParams(merge_um=a.froc_merge_um, itc_um=a.froc_itc_um or None, mask_um=a.froc_mask_um,
-                      nms_radius=a.froc_nms_radius)
-    table = heatmaps_for_model(a.folds, a.features_dir, samples, read_annotation_table(a.annotations)["tumour"], a.out_dir,
-                               png_per_fold=a.png_per_fold, froc=froc, title=a.title)
-    if table["instance_auc"].notna().any():
-        logging.info("instance AUC (annotated test slides): mean %.3f over %d slides",
-                     table["instance_auc"].mean(), table["instance_auc"].notna().sum())
+    froc = {"merge_um": a.froc_merge_um, "itc_um": a.froc_itc_um, "mask_um": a.froc_mask_um,
+            "nms_radius": a.froc_nms_radius}
+    heatmaps_job(a.folds, a.features_dir, a.samples, a.annotations, a.out_dir, a.png_per_fold, froc, title=a.title)
 
 
 
