@@ -211,7 +211,7 @@ def run_ceiling(slide: str, store: str) -> dict:
     import openslide
     import zarr
 
-    from slidemil.slides.slide import open_tiled_jpeg_level
+    from slidemil.slides.jpeg_tiles import open_tiled_jpeg_level
 
     g = zarr.open_group(store, mode="r")
     coords = g["coords"][:]

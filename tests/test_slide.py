@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 
 from conftest import shared_slide
-from slidemil.slides.slide import SlideError, VipsSlide, open_slide, plan_read, slide_mpp, tiff_damage
+from slidemil.slides.errors import SlideError
+from slidemil.slides.slide import open_slide, plan_read, slide_mpp
+from slidemil.slides.tiff_damage import tiff_damage
+from slidemil.slides.vips import VipsSlide
 
 
 def test_plan_read_picks_level_by_mpp_not_index():

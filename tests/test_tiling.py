@@ -141,7 +141,8 @@ def test_power_of_two_between_levels_decodes_at_reduced_scale(small_slide, tmp_p
     """1.0 mpp from a 0.5 mpp level with no 1.0 level: libjpeg's 1/2-scale decode, no resampling."""
     from PIL import Image
 
-    from slidemil.slides.slide import open_tiled_jpeg_level, plan_read
+    from slidemil.slides.jpeg_tiles import open_tiled_jpeg_level
+    from slidemil.slides.slide import plan_read
 
     slide, _ = small_slide
     s = open_slide(slide)
@@ -221,7 +222,8 @@ def test_shard_writer_writes_what_zarr_writes(tmp_path):
 
 def test_decoded_source_tiles_are_evicted_as_the_pass_moves_down(small_slide, tmp_path, monkeypatch):
     """Memory is about a row of source tiles, not the slide: the decode cache never holds much more."""
-    from slidemil.slides.slide import open_tiled_jpeg_level, plan_read
+    from slidemil.slides.jpeg_tiles import open_tiled_jpeg_level
+    from slidemil.slides.slide import plan_read
 
     slide, _ = small_slide
     s = open_slide(slide)
@@ -245,7 +247,8 @@ def test_decoded_source_tiles_are_evicted_as_the_pass_moves_down(small_slide, tm
 def test_corrupt_jpeg_tile_is_a_one_line_slide_error(small_slide, tmp_path):
     import shutil
 
-    from slidemil.slides.slide import SlideError, open_tiled_jpeg_level
+    from slidemil.slides.errors import SlideError
+    from slidemil.slides.jpeg_tiles import open_tiled_jpeg_level
 
     slide, _ = small_slide
     bad = tmp_path / "bad.tiff"
@@ -309,13 +312,13 @@ def test_aperio_rgb_coded_tiles_are_copied_and_scaled_right(tmp_path):
 def test_decoders_agree_with_and_without_simplejpeg(small_slide, monkeypatch, name):
     """simplejpeg is optional: imagecodecs (full scale) and Pillow's draft mode (DCT scaling) decode
     the same pixels without it."""
-    import slidemil.slides.slide as slide_mod
-    from slidemil.slides.slide import open_tiled_jpeg_level
+    import slidemil.slides.jpeg_tiles as jpeg_tiles
+    from slidemil.slides.jpeg_tiles import open_tiled_jpeg_level
 
     path = small_slide[0] if name == "small" else shared_slide(name)
     lv = open_tiled_jpeg_level(path, open_slide(path), 0)
     with_sj = {d: lv.decode(1, 1, d) for d in (1, 2, 4)}
-    monkeypatch.setattr(slide_mod, "_simplejpeg", None)
+    monkeypatch.setattr(jpeg_tiles, "_simplejpeg", None)
     for d, want in with_sj.items():
         np.testing.assert_array_equal(lv.decode(1, 1, d), want)
 
@@ -325,7 +328,7 @@ def test_corrupt_jpeg_tiles_are_an_error_not_garbage(small_slide, tmp_path, dama
     """Tiles copied without decoding (target = a level, tile = source tile) are checked too."""
     import tifffile
 
-    from slidemil.slides.slide import SlideError
+    from slidemil.slides.errors import SlideError
 
     slide, _ = small_slide
     bad = tmp_path / "bad.tiff"

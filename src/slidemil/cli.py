@@ -383,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from slidemil.slides.failures import SlideFailure
     from slidemil.cohorts.sheet import SampleSheetError
-    from slidemil.slides.slide import SlideError
+    from slidemil.slides.errors import SlideError
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
     args = build_parser().parse_args(argv)

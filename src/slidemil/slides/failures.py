@@ -28,11 +28,11 @@ OK, EMPTY, FAILED = "ok", "empty", "failed"
 def slide_read_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "this slide file is unusable", not "slidemil has a bug".
 
-    SlideError (raised by slidemil.slides.slide with a message naming the file and the fix) and the
+    SlideError (raised by the slide readers with a message naming the file and the fix) and the
     decode errors of the libraries that read pixels (OpenSlide, libvips, tifffile, Pillow): a slide
     that opens but whose tiles are truncated or corrupt raises those mid-read.
     """
-    from slidemil.slides.slide import SlideError
+    from slidemil.slides.errors import SlideError
 
     errors: list[type[BaseException]] = [SlideError]
     try:
@@ -61,7 +61,7 @@ def slide_read_errors() -> tuple[type[BaseException], ...]:
 
 def failure_reason(exc: BaseException, slide_path: str | Path) -> str:
     """One line: the SlideError message as is, a library decode error with the file and a fix."""
-    from slidemil.slides.slide import SlideError
+    from slidemil.slides.errors import SlideError
 
     msg = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, SlideError):

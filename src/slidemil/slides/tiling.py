@@ -5,14 +5,14 @@ position (col, row) means the same place for every tissue piece of the slide (ne
 rely on that). Only whole tiles inside the slide are used.
 
 Speed (benchmarks/tiling.py, one core): for tiled JPEG TIFF and Aperio SVS the level's JPEG tiles
-are read and decoded directly (slide.TiledJpegLevel), not through OpenSlide's read_region; a
+are read and decoded directly (jpeg_tiles.TiledJpegLevel), not through OpenSlide's read_region; a
 target a power of two coarser than the level is decoded at that scale by libjpeg's scaled IDCT (no
 resampling: 20x from a 40x scan costs about the JPEG decode of the 40x tiles); a tile that is
 exactly one source tile is stored as that JPEG (no decode, no re-encode); every other tile is
 encoded once, and shards are written whole by store.write_tile_shard (zarr's per-chunk pipeline
 cost more than the encoding). Other formats (JPEG 2000 SVS, NDPI, MRXS, DICOM, ...) go through
 OpenSlide, a strip of tiles per call, and plain images OpenSlide refuses (striped TIFF, PNG) through
-libvips (slide.VipsSlide) the same way. `threads` shards are tiled in parallel; the store does not
+libvips (vips.VipsSlide) the same way. `threads` shards are tiled in parallel; the store does not
 depend on it.
 """
 
@@ -21,31 +21,21 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import zarr
 
 from slidemil import __version__
-from slidemil.slides.slide import (MPP_TOLERANCE, ReadPlan, SlideError, TiledJpegLevel, VipsSlide, open_slide,
-                            open_tiled_jpeg_level, plan_read, rgba_to_rgb, slide_mpp)
+from slidemil.config import TileParams
+from slidemil.slides.jpeg_tiles import TiledJpegLevel, open_tiled_jpeg_level
+from slidemil.slides.slide import MPP_TOLERANCE, ReadPlan, open_slide, plan_read, rgba_to_rgb, slide_mpp
+from slidemil.slides.vips import VipsSlide
 from slidemil.files import atomic_path
 from slidemil.slides.store import create_tile_arrays, write_index_arrays, write_tile_shard
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TileParams:
-    target_mpp: float = 1.0  # microns per pixel of the stored tiles
-    tile_size: int = 64  # tile edge at target mpp, px
-    min_tissue: float = 0.5  # keep a tile when this fraction of it is tissue
-    jpeg_quality: int = 90  # JPEG quality of stored tiles
-    shard_tiles: int = 256  # tiles per shard file
-    strip_tiles: int = 32  # adjacent tiles read (and resampled) per call (bounds memory)
-    allow_upsample: bool = False  # permit target_mpp finer than the scan
-    copy_jpeg: bool = True  # store a tile that is exactly one source JPEG tile as that JPEG (no re-encode)
 
 
 def tile_fractions(mask: np.ndarray, mask_downsample: float, step0: float, n_cols: int, n_rows: int) -> np.ndarray:
@@ -444,4 +434,4 @@ def preprocess_batch(slides: dict[str, dict], masks_dir: str | Path, mask_qc_dir
                               slide.get("mpp"), threads=threads, on_error=on_error)
 
 
-__all__ = ["TileParams", "mask_and_tile_or_flag", "preprocess_batch", "tile_slide", "tile_slide_or_flag", "select_tiles", "tile_fractions", "SlideError", "load_mask"]
+__all__ = ["TileParams", "mask_and_tile_or_flag", "preprocess_batch", "tile_slide", "tile_slide_or_flag", "select_tiles", "tile_fractions", "load_mask"]
