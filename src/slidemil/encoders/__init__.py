@@ -11,10 +11,14 @@ and our own pretraining output).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from torch import nn
+
+from slidemil.config import EncoderSpec
+
+from slidemil.registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -44,18 +48,16 @@ class EncoderEntry:
         return self.builder(**overrides)
 
 
-ENCODERS: dict[str, EncoderEntry] = {}
+ENCODERS: Registry[EncoderEntry] = Registry("encoder", origin=lambda entry: entry.builder)
 
 
 def register_encoder(name: str, **meta) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator: register a builder under `name` with its EncoderEntry metadata."""
 
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in ENCODERS:
-            raise KeyError(f"encoder {name!r} registered twice")
         if meta.get("precision", "fp32") not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}")
-        ENCODERS[name] = EncoderEntry(name=name, builder=fn, doc=(fn.__doc__ or "").strip(), **meta)
+        ENCODERS.add(name, EncoderEntry(name=name, builder=fn, doc=(fn.__doc__ or "").strip(), **meta))
         return fn
 
     return deco
@@ -71,33 +73,6 @@ def get_entry(arch: str) -> EncoderEntry:
     raise KeyError(f"unknown encoder arch {arch!r}; choose one of {sorted(ENCODERS)} or 'timm:<model name>'")
 
 
-@dataclass(frozen=True)
-class EncoderSpec:
-    """One entry of config `encoders`: which network, its weights, and overrides of the entry's defaults."""
-
-    name: str
-    arch: str = "resnet18"
-    weights: str | None = None  # local checkpoint; None = seeded random init
-    input_size: int | None = None  # None: the entry's own input size
-    depth: int | None = None  # ResNet stages / ViT blocks kept; None: the full network
-    batch_size: int = 128
-    precision: str | None = None  # None: the entry's own (fp32 / fp16 / bf16 autocast on CUDA)
-    workers: int = 0  # DataLoader workers decoding tiles while the model runs (0: in process)
-    extra: dict = field(default_factory=dict)  # further builder overrides (e.g. timm kwargs)
-
-    def entry(self) -> EncoderEntry:
-        return get_entry(self.arch)
-
-    def resolved_input_size(self) -> int:
-        return self.input_size or self.entry().input_size
-
-    def resolved_precision(self) -> str:
-        return self.precision or self.entry().precision
-
-    def overrides(self) -> dict:
-        return {**({"depth": self.depth} if self.depth is not None else {}), **self.extra}
-
-
 # importing the modules registers their entries
 from slidemil.encoders import pathology, timm_models, torchvision_models  # noqa: E402,F401
 from slidemil.encoders.checkpoints import CheckpointError, load_checkpoint, read_state_dict  # noqa: E402
@@ -110,7 +85,7 @@ def build_encoder(spec: EncoderSpec, seed: int) -> nn.Module:
     """The frozen encoder of `spec` in eval mode, weights loaded; random init seeded so every job gets one net."""
     import torch
 
-    entry = spec.entry()
+    entry = get_entry(spec.arch)
     torch.manual_seed(seed)
     net = entry.build(**spec.overrides())
     if spec.weights:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from slidemil.encoders import (ENCODERS, IMAGENET_MEAN, IMAGENET_STD, EncoderSpec, build_encoder,  # noqa: F401
+from slidemil.encoders import (ENCODERS, IMAGENET_MEAN, IMAGENET_STD, EncoderSpec, build_encoder, get_entry,  # noqa: F401
                                register_encoder)
 from slidemil.slides.store import open_tiles, write_features
 
@@ -47,7 +47,7 @@ class TileBatches(torch.utils.data.Dataset):
     """Item k -> uint8 [b, T, T, 3], tiles k*batch_size .. of a store, decoded one JPEG at a time."""
 
     def __init__(self, tiles_path: str | Path, batch_size: int) -> None:
-        from slidemil.ssl.data import TileReader
+        from slidemil.slides.tile_reader import TileReader
 
         self.reader, self.batch_size = TileReader(tiles_path), batch_size
         self.n = len(self.reader)
@@ -80,8 +80,8 @@ def embed_slide(tiles_path: str | Path, out: str | Path, spec: EncoderSpec, seed
     from tqdm import tqdm
 
     dev = pick_device(device)
-    entry = spec.entry()
-    size, precision = spec.resolved_input_size(), spec.resolved_precision()
+    entry = get_entry(spec.arch)
+    size, precision = spec.input_size or entry.input_size, spec.precision or entry.precision  # None: the entry's
     g = open_tiles(tiles_path)
     n, tile = g["tiles"].shape[0], g["tiles"].shape[1]
     net = build_encoder(spec, seed)

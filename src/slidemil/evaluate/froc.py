@@ -35,17 +35,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from slidemil.config import FrocParams
+
 FP_RATES: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
-
-
-@dataclass(frozen=True)
-class FrocParams:
-    """How lesions are built from annotations and detections from tile scores."""
-
-    merge_um: float = 75.0  # lesions closer than this merge (each grows by half of it)
-    itc_um: float | None = 200.0  # lesions with a shorter major axis are ITC, left out; None keeps all
-    mask_um: float = 8.0  # pixel size of the evaluation mask, microns
-    nms_radius: int = 1  # keep tiles that are the maximum within this many tiles; 0 keeps every tile
 
 
 @dataclass

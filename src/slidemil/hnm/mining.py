@@ -29,102 +29,18 @@ sum (slidemil.ssl.losses.hnm_steps).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
-from slidemil.configblock import from_block
+from slidemil.config import HNMParams
 
 log = logging.getLogger(__name__)
-
-# DSMIL + MIRank defaults of the authors (Adam 2e-4, wd 1e-4, K = 10, weight 0.1); any key of
-# slidemil.mil.params.TRAIN_DEFAULTS or a DSMIL constructor parameter may be overridden.
-MIL_DEFAULTS: dict[str, Any] = {"epochs": 40, "lr": 2e-4, "weight_decay": 1e-4, "mirank_k": 10, "mirank_weight": 0.1}
-
-
-@dataclass(frozen=True)
-class HNMParams:
-    """One entry of config `hnm` (config/config.yaml documents each key)."""
-
-    base: str  # round 0: an encoder of the benchmark
-    rounds: int = 2
-    neg_ratio: float = 0.2  # hard negatives: top quantile of negative slides' tile scores
-    pos_threshold: float = 0.3  # pseudo-positive: positive slide's tile scoring above this
-    spl_start: float = 0.2  # self-paced quantile of pseudo-positives in step B, first epoch after warm-up
-    spl_end: float = 0.8  # ... at the last epoch
-    warmup_epochs: int = 1  # epochs of step A only
-    epochs: int = 2  # fine-tune epochs per round
-    lr: float = 0.01
-    weight_decay: float = 1e-4
-    batch_size: int = 64  # tiles per step (A and B each)
-    tiles_per_epoch: int = 1024
-    pos_batch_fraction: float = 0.5  # step A: share of positives (authors' posi_batch_ratio)
-    pos_query_fraction: float = 0.05  # step B: share of self-paced positives (posi_query_ratio)
-    mask_uncertain_neg: bool = True
-    temperature: float = 0.07
-    gate_metric: str = "f1"  # GATE_METRICS
-    mil: dict = field(default_factory=dict)  # DSMIL + MIRank overrides of MIL_DEFAULTS
-    augment: dict = field(default_factory=dict)  # slidemil.ssl.augment.AugmentParams overrides
-    workers: int = 0
-    precision: str = "bf16"
-    enabled: bool = True
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "HNMParams":
-        p = from_block(cls, d, "hnm")
-        if p.gate_metric not in GATE_METRICS:
-            raise ValueError(f"hnm gate_metric must be one of {sorted(GATE_METRICS)}, got {p.gate_metric!r}")
-        if not 0 < p.neg_ratio <= 1 or not 0 < p.spl_start <= 1 or not 0 < p.spl_end <= 1:
-            raise ValueError("hnm neg_ratio, spl_start and spl_end must be in (0, 1]")
-        return p
-
-    def round_params(self) -> dict:
-        """What shapes a round's outputs: every key but `rounds` and `enabled`, so that raising
-        `rounds` leaves the finished rounds' jobs (and their params) as they are."""
-        d = dataclasses.asdict(self)
-        d.pop("rounds"), d.pop("enabled")
-        return d
-
-    def mil_params(self) -> dict:
-        return {**MIL_DEFAULTS, **self.mil, "mirank": True}
-
-
-def round_encoder(run: str, t: int) -> str:
-    """The benchmark's name of run `run`'s round-t encoder."""
-    return f"{run}-r{t}"
-
-
-def hnm_runs(config: dict | None, encoders: set[str] | list[str]) -> dict[str, HNMParams]:
-    """Config `hnm` -> enabled runs, checked: the base is an encoder, round names are free."""
-    runs = {str(n): HNMParams.from_dict(p or {}) for n, p in (config or {}).items() if (p or {}).get("enabled", True)}
-    for name, p in runs.items():
-        if p.base not in encoders:
-            raise ValueError(f"config hnm.{name}: base {p.base!r} is not an encoder of the benchmark; "
-                             f"choose one of {sorted(encoders)}")
-        taken = set(encoders) & {round_encoder(name, t) for t in range(1, p.rounds + 1)}
-        if taken:
-            raise ValueError(f"config hnm.{name}: round encoder names {sorted(taken)} are already encoders; rename the run")
-    return runs
-
-
-def round_encoders(runs: dict[str, HNMParams]) -> dict[str, tuple[str, int]]:
-    """Every round-t >= 1 encoder name -> (run, t)."""
-    return {round_encoder(n, t): (n, t) for n, p in runs.items() for t in range(1, p.rounds + 1)}
-
-
-def round_metadata(runs: dict[str, HNMParams], base_arch: Callable[[str], str]) -> list[dict]:
-    """Claims metadata (slidemil.evaluate.claims) of every round encoder: hnm_round t and its hnm_base."""
-    return [{"name": enc, "arch": base_arch(runs[run].base), "objective": "supcon_hnm_steps", "hnm_round": t,
-             "hnm_base": runs[run].base} for enc, (run, t) in round_encoders(runs).items()]
-
-
-# --- mining -------------------------------------------------------------------------------------
 
 
 def spl_ratio(p: HNMParams, epoch: int) -> float:
@@ -310,7 +226,7 @@ class MinedPairs:
     """
 
     def __init__(self, sources, pl: PseudoLabels, p: HNMParams, seed: int, extra: str = "") -> None:
-        from slidemil.ssl.data import TileReader
+        from slidemil.slides.tile_reader import TileReader
 
         self.order = [s.slide_id for s in sources]
         missing = sorted(set(pl.scores) - set(self.order))

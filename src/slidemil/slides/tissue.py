@@ -2,29 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from scipy import ndimage as ndi
 
-
-@dataclass(frozen=True)
-class TissueParams:
-    """Thresholds for `tissue_mask`; defaults work on H&E scans (see config/config.yaml)."""
-
-    min_saturation: float = 0.07  # floor under Otsu's saturation threshold (0-1)
-    max_value: float = 0.94  # brighter than this is glass/background (0-1)
-    min_value: float = 0.12  # darker than this is black ink or debris (0-1)
-    exclude_ink: bool = True  # drop blue, green and black pen marks
-    black_ink_value: float = 0.3  # black ink: darker than this (0-1) ...
-    black_ink_saturation: float = 0.4  # ... and less saturated than this (H&E's darkest is saturated purple)
-    close_radius_um: float = 16.0  # morphological closing radius, microns
-    min_object_um2: float = 20000.0  # tissue pieces smaller than this are dropped, square microns
-    max_hole_um2: float = 40000.0  # holes smaller than this inside tissue are kept as tissue
-    exclude_blur: bool = True  # drop out-of-focus regions (low local Laplacian variance)
-    min_sharpness: float = 3e-4  # local Laplacian variance (grey 0-1) below this is blurry
-    blur_window_um: float = 128.0  # side of the window the Laplacian variance is taken over, microns
-    min_blur_um2: float = 50000.0  # blurry patches smaller than this stay tissue (smooth, not blurred)
+from slidemil.config import TissueParams
 
 
 def _rgb_to_hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

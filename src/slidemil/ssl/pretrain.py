@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -31,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slidemil.configblock import from_block
+from slidemil.config import PretrainParams
 from slidemil.encoders import EncoderSpec, get_entry, load_checkpoint
 from slidemil.files import atomic_path, write_text
 from slidemil.ssl.augment import AugmentParams, BatchAugment
@@ -43,63 +42,6 @@ from slidemil.ssl.samplers import build_sampler
 log = logging.getLogger(__name__)
 FORMAT = "slidemil-encoder"
 AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-@dataclass(frozen=True)
-class PretrainParams:
-    """One entry of config `pretrain` (the entry's name becomes an encoder of the benchmark)."""
-
-    objective: str = "simclr"  # slidemil.ssl.losses.OBJECTIVES
-    objective_args: dict = field(default_factory=dict)  # e.g. {temperature: 0.2}
-    sampler: str = "augment"  # augment | spatial | mixed
-    radius: int = 1  # Chebyshev radius of spatial pairs
-    p: float = 0.5  # mixed: probability that a pair is spatial
-    backbone: str = "resnet18"  # slidemil.encoders arch
-    depth: int | None = None  # backbone override (ResNet stages / ViT blocks)
-    weights: str | None = None  # initial weights (local file, e.g. ImageNet); None: seeded random init
-    input_size: int | None = None  # crop size fed to the network; None: the backbone's own
-    epochs: int = 10
-    batch_size: int = 64  # pairs per step (2 x batch_size images per forward pass)
-    tiles_per_epoch: int = 4096  # anchor tiles drawn per epoch (a random subset when the cohort has more)
-    lr: float = 0.05
-    optimizer: str = "sgd"  # sgd (momentum 0.9) | adamw
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 0.0  # linear warm-up, then cosine decay to 0
-    head: dict = field(default_factory=dict)  # HeadSpec overrides: hidden, out, layers, bn, predictor_hidden
-    augment: dict = field(default_factory=dict)  # AugmentParams overrides
-    ema: float = 0.99  # BYOL/DINO teacher momentum, raised to 1 along a cosine
-    balance_labels: bool | None = None  # half negative-slide, half positive-slide tiles per batch; None: if labels used
-    scope: str = "auto"  # auto (fold{k} if labels are used, else all) | all | folds
-    workers: int = 2  # DataLoader workers reading and decoding tiles
-    enabled: bool = True  # false drops the entry (a config file cannot delete a dict key it merges over)
-    gpus: int = 1  # > 1: torchrun with one process per GPU (DDP, contrastive negatives gathered across ranks)
-    precision: str = "bf16"  # autocast dtype on CUDA (fp32 | fp16 | bf16); the CPU runs fp32
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "PretrainParams":
-        return from_block(cls, d, "pretrain")
-
-    @property
-    def uses_labels(self) -> bool:
-        return OBJECTIVES[self.objective].uses_labels
-
-    def digest(self) -> str:
-        """Hash of what shapes the weights (not `workers`, `gpus`): a checkpoint resumes only if it matches."""
-        d = dataclasses.asdict(self)
-        d.pop("workers"), d.pop("gpus"), d.pop("enabled")
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def scopes_of(params: PretrainParams, n_folds: int) -> list[str]:
-    """Scopes an entry is trained in: `all`, or `fold0..fold{n-1}` (always when it uses labels)."""
-    if params.scope not in ("auto", "all", "folds"):
-        raise ValueError(f"pretrain scope must be auto, all or folds, got {params.scope!r}")
-    if params.uses_labels and params.scope == "all":
-        raise ValueError(f"objective {params.objective} uses slide labels: it must be trained per fold "
-                         "(scope folds), never on the whole cohort")
-    if params.uses_labels or params.scope == "folds":
-        return [f"fold{k}" for k in range(n_folds)]
-    return ["all"]
 
 
 def training_slides(folds_csv: str | Path, fold: int) -> list[str]:
@@ -275,15 +217,14 @@ def pretrain(sources: list[SlideSource], params: PretrainParams, out: str | Path
         torch.cuda.set_device(dev)
     if params.batch_size % w:
         raise ValueError(f"batch_size {params.batch_size} is not divisible by the {w} processes")
-    objective = build_objective(params.objective, **({"out_dim": resolve_head(params).out}
-                                                     if params.objective == "dino" else {}),
+    objective = build_objective(params.objective, offered={"out_dim": resolve_head(params).out},
                                 **params.objective_args).to(dev)
     if objective.uses_labels and any(s.label is None or s.label < 0 for s in sources):
         raise ValueError(f"objective {params.objective} needs a label for every slide")
     entry = get_entry(params.backbone)
     size = params.input_size or entry.input_size
-    sampler = build_sampler(params.sampler, **({"radius": params.radius} if params.sampler != "augment" else {}),
-                            **({"p": params.p} if params.sampler == "mixed" else {}))
+    fields = {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
+    sampler = build_sampler(params.sampler, offered=fields)  # with the entry's fields it names (radius, p)
     balance = params.balance_labels if params.balance_labels is not None else objective.uses_labels
     ds = dataset if dataset is not None else PairDataset(sources, sampler, params.batch_size, params.tiles_per_epoch,
                                                          seed, balance_labels=balance)
@@ -366,7 +307,7 @@ def pretrain(sources: list[SlideSource], params: PretrainParams, out: str | Path
         barrier()
         if on_epoch_end is not None:
             on_epoch_end(epoch)
-    final = teacher if (teacher is not None and params.objective == "dino") else model  # DINO keeps the teacher
+    final = teacher if (teacher is not None and objective.keeps_teacher) else model
     meta = {"format": FORMAT, "arch": params.backbone, "overrides": EncoderSpec("x", depth=params.depth).overrides(),
             "input_size": size, "dim": dim, "mean": list(entry.mean), "std": list(entry.std),
             "pretrain": dataclasses.asdict(params), "seed": seed, "slides": slides, "history": history}
