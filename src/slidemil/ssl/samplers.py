@@ -10,36 +10,27 @@ itself (an augmentation pair).
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 
-PAIR_SAMPLERS: dict[str, type["PairSampler"]] = {}
-
-
-def register_sampler(name: str) -> Callable[[type["PairSampler"]], type["PairSampler"]]:
-    def deco(cls):
-        cls.name = name
-        PAIR_SAMPLERS[name] = cls
-        return cls
-
-    return deco
-
-
-def build_sampler(name: str, **kwargs) -> "PairSampler":
-    if name not in PAIR_SAMPLERS:
-        raise KeyError(f"unknown pair sampler {name!r}; choose one of {sorted(PAIR_SAMPLERS)}")
-    return PAIR_SAMPLERS[name](**kwargs)
+from slidemil.registry import Registry
 
 
 class PairSampler:
-    """partner(anchor, neighbours int [K], rng) -> (partner tile index, whether the pair is spatial)."""
+    """partner(anchor, neighbours int [K], rng) -> (partner tile index, whether the pair is spatial).
 
-    name = ""
+    Built by signature: the constructor gets the pretrain entry's fields it names (radius, p, ...).
+    """
+
+    needs_graph = False  # reads the neighbour graphs (results/graphs/{slide}.npz)
     radius = 0  # Chebyshev radius of the neighbours it needs (0: none)
 
     def partner(self, anchor: int, neighbours: np.ndarray, rng: np.random.Generator) -> tuple[int, bool]:
         raise NotImplementedError
+
+
+PAIR_SAMPLERS: Registry[type[PairSampler]] = Registry("pair sampler")
+register_sampler = PAIR_SAMPLERS.register  # class decorator: @register_sampler("name")
+build_sampler = PAIR_SAMPLERS.build  # build_sampler(name, offered={...}, **kwargs)
 
 
 @register_sampler("augment")
@@ -53,6 +44,8 @@ class AugmentPairs(PairSampler):
 @register_sampler("spatial")
 class SpatialPairs(PairSampler):
     """The tile and a random neighbour within Chebyshev distance `radius` (default 1), each augmented."""
+
+    needs_graph = True
 
     def __init__(self, radius: int = 1) -> None:
         if radius < 1:

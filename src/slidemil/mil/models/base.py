@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from slidemil.mil.bag import Bag
-
-MIL_MODELS: dict[str, type["MILModel"]] = {}
-
-M = TypeVar("M", bound=type[nn.Module])
+from slidemil.registry import Registry
 
 
 @dataclass
@@ -58,24 +55,13 @@ class MILModel(nn.Module):
         return F.cross_entropy(out.logits[None], target.view(1))
 
 
-def register_mil(name: str) -> Callable[[M], M]:
-    """Class decorator: make a MIL model buildable by name (config: mil.models)."""
-
-    def deco(cls: M) -> M:
-        if name in MIL_MODELS and MIL_MODELS[name] is not cls:
-            raise ValueError(f"MIL model {name!r} is already registered ({MIL_MODELS[name].__name__})")
-        MIL_MODELS[name] = cls
-        return cls
-
-    return deco
+MIL_MODELS: Registry[type[MILModel]] = Registry("MIL model")
+register_mil = MIL_MODELS.register  # class decorator: @register_mil("name") (config: mil.models)
 
 
 def model_params(name: str) -> dict[str, inspect.Parameter]:
-    """Constructor parameters of registered model `name`, less self/in_dim/n_classes."""
-    if name not in MIL_MODELS:
-        raise KeyError(f"unknown MIL model {name!r}; registered: {sorted(MIL_MODELS)}")
-    sig = inspect.signature(MIL_MODELS[name].__init__).parameters
-    return {k: p for k, p in sig.items() if k not in ("self", "in_dim", "n_classes")}
+    """Constructor parameters of registered model `name`, less in_dim/n_classes."""
+    return {k: p for k, p in MIL_MODELS.params(name).items() if k not in ("in_dim", "n_classes")}
 
 
 def build_mil(name: str, in_dim: int, n_classes: int, **params: Any) -> MILModel:
@@ -84,12 +70,7 @@ def build_mil(name: str, in_dim: int, n_classes: int, **params: Any) -> MILModel
     Unknown params raise TypeError naming the accepted ones (a typo in the config must not be
     silently ignored).
     """
-    accepted = model_params(name)
-    unknown = set(params) - set(accepted)
-    if unknown:
-        raise TypeError(f"MIL model {name!r} got unknown params {sorted(unknown)}; "
-                        f"accepted: {sorted(accepted)}")
-    return MIL_MODELS[name](in_dim=in_dim, n_classes=n_classes, **params)
+    return MIL_MODELS.build(name, in_dim=in_dim, n_classes=n_classes, **params)
 
 
 def bag_features(x: torch.Tensor | Bag) -> torch.Tensor:

@@ -18,31 +18,12 @@ authors' code on the same tensors):
 
 from __future__ import annotations
 
-from typing import Callable
-
+from slidemil.registry import Registry
 from slidemil.ssl.losses.base import Objective
 
-OBJECTIVES: dict[str, type[Objective]] = {}
-
-
-def register_objective(name: str) -> Callable[[type[Objective]], type[Objective]]:
-    """Class decorator: make an objective available under `name` (config `objective:`)."""
-
-    def deco(cls: type[Objective]) -> type[Objective]:
-        if name in OBJECTIVES:
-            raise KeyError(f"objective {name!r} registered twice")
-        cls.name = name
-        OBJECTIVES[name] = cls
-        return cls
-
-    return deco
-
-
-def build_objective(name: str, **kwargs) -> Objective:
-    """Instantiate a registered objective with its keyword parameters (e.g. temperature)."""
-    if name not in OBJECTIVES:
-        raise KeyError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)}")
-    return OBJECTIVES[name](**kwargs)
+OBJECTIVES: Registry[type[Objective]] = Registry("objective")
+register_objective = OBJECTIVES.register  # class decorator: @register_objective("name")
+build_objective = OBJECTIVES.build  # build_objective(name, offered={...}, **objective_args)
 
 
 # importing the modules registers their classes

@@ -30,12 +30,14 @@ class Objective(nn.Module):
     forward(z1, z2, labels=None, t1=None, t2=None) -> scalar loss, with z1, z2 float [B, D] the
     (projected) embeddings of the two views of B pairs; t1, t2 the EMA teacher's outputs of the
     same views (objectives with `teacher = True` only); labels int [B] (`uses_labels` only).
+    The trainer builds an objective by signature: a constructor parameter `out_dim` receives the
+    projection head's output width.
     """
 
-    name: ClassVar[str] = ""
     uses_labels: ClassVar[bool] = False  # needs slide labels: trained per fold on training slides only
     normalize: ClassVar[bool] = False  # the trainer L2-normalises projections before the loss
     teacher: ClassVar[bool] = False  # the trainer keeps an EMA teacher and passes t1, t2
+    keeps_teacher: ClassVar[bool] = False  # the encoder written is the teacher's backbone, not the student's
     default_head: ClassVar[HeadSpec] = HeadSpec()
 
     def forward(self, z1: Tensor, z2: Tensor, labels: Tensor | None = None,

@@ -39,6 +39,7 @@ class DINO(Objective):
     """
 
     teacher = True
+    keeps_teacher = True  # DINO evaluates the teacher
     default_head = HeadSpec(hidden=2048, out=4096, layers=3)
 
     def __init__(self, out_dim: int = 4096, student_temp: float = 0.1, teacher_temp: float = 0.04,
