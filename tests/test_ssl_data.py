@@ -7,7 +7,8 @@ import zarr
 
 from slidemil.slides.graph import save_graph
 from slidemil.ssl.augment import AugmentParams, BatchAugment, hed_jitter
-from slidemil.ssl.data import PairDataset, SlideSource, TileReader, epoch_plan
+from slidemil.slides.tile_reader import TileReader
+from slidemil.ssl.data import PairDataset, SlideSource, epoch_plan
 from slidemil.ssl.samplers import build_sampler
 from slidemil.slides.store import atomic_dir, create_tile_arrays, open_tiles, write_index_arrays
 
