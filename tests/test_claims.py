@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from slidemil.evaluate.claims import (CLAIM_COLUMNS, CLAIMS, PRETRAIN_DEFAULTS, ClaimContext, claims_table, encoder_metadata,
+from slidemil.evaluate.claims import (CLAIM_COLUMNS, CLAIMS, ClaimContext, claims_table, encoder_metadata,
                              normalise_models, verdict)
 
 ENCODERS = [
@@ -118,11 +118,12 @@ def test_normalise_models():
     assert normalise_models(None) == {}
 
 
-def test_ssl_objective_names_are_registered():
-    from slidemil.evaluate.claims import SSL_OBJECTIVES
+def test_ssl_objectives_are_the_registered_label_free_ones():
+    from slidemil.evaluate.claims import ssl_objectives
     from slidemil.ssl.losses import OBJECTIVES
 
-    assert set(SSL_OBJECTIVES) | {"weaksupcon"} <= set(OBJECTIVES)
+    assert set(ssl_objectives()) == {name for name, cls in OBJECTIVES.items() if not cls.uses_labels}
+    assert {"simclr", "dino"} <= set(ssl_objectives()) and "weaksupcon" not in ssl_objectives()
 
 
 def test_pretrained_encoders_join_with_their_metadata():
@@ -136,19 +137,3 @@ def test_pretrained_encoders_join_with_their_metadata():
     ctx, _ = _ctx(encoders=encoders)
     table = claims_table(ctx, ["weaksupcon_beats_ssl", "spatial_pairs_beat_augment"])
     assert table["comparison"].tolist() == ["wsc/abmil vs simclr-aug/abmil", "simclr-spatial/abmil vs simclr-aug/abmil"]
-
-
-def test_pretrain_defaults_match_pretrain_params():
-    from slidemil.ssl.pretrain import PretrainParams
-
-    p = PretrainParams()
-    assert PRETRAIN_DEFAULTS == {"objective": p.objective, "sampler": p.sampler, "backbone": p.backbone}
-
-
-def test_srmil_default_reconstruction_weight_matches_the_model():
-    import inspect
-
-    from slidemil.evaluate.claims import SRMIL_DEFAULT_W_GEN
-    from slidemil.mil.models.srmil import SRMIL
-
-    assert inspect.signature(SRMIL.__init__).parameters["w_gen"].default == SRMIL_DEFAULT_W_GEN

@@ -18,11 +18,11 @@ multiplicity correction: read it as "holds in k of n comparisons".
 
 Encoder metadata comes from the config's `encoders` entries (frozen encoders) and `pretrain`
 entries (name: params; each becomes an encoder of the benchmark, its `backbone` read as `arch`
-and the defaults of slidemil.ssl.pretrain.PretrainParams filled in: encoder_metadata). Conventions
+and the defaults of slidemil.config.PretrainParams filled in: encoder_metadata). Conventions
 the claims expect (all optional; an entry without them takes part in no claim):
 
-* objective: the pretraining loss as registered in slidemil.ssl.losses: weaksupcon, supcon,
-  supcon_hnm, or an SSL objective (simclr, byol, vicreg, barlow, dino); absent for random or
+* objective: the pretraining loss as registered in slidemil.ssl.losses: weaksupcon, or an SSL
+  objective (any registered objective that uses no labels: ssl_objectives); absent for random or
   ImageNet encoders;
 * sampler: augment | spatial | mixed (slidemil.ssl.samplers), the positive-pair sampler (absent:
   augment); the spatial-pairs claim compares spatial with augment (mixed takes part in none);
@@ -34,7 +34,7 @@ the claims expect (all optional; an entry without them takes part in no claim):
 
 MIL runs (config `mil.models`, name: {parameters}; `model:` names the registered model, default
 the run's name): a run of model srmil with `w_gen: 0` (the reconstruction weight) is the
-no-regularisation ablation; w_gen absent means the model's default, 1.8 (> 0). E.g.
+no-regularisation ablation; w_gen absent means the model's default (1.8, > 0). E.g.
 `srmil: {}` vs `srmil_plain: {model: srmil, w_gen: 0, mask_rate: 0}`. Encoder claims are compared
 under the baseline MIL model (evaluate.baseline_model); model claims on the baseline encoder
 (evaluate.baseline_encoder).
@@ -48,12 +48,11 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from slidemil.config import PretrainParams
+from slidemil.plan import registered
+
 Method = tuple[str, str]  # (encoder, model)
-# slidemil.ssl.pretrain.PretrainParams' defaults for the keys the claims read (a test checks).
-PRETRAIN_DEFAULTS = {"objective": "simclr", "sampler": "augment", "backbone": "resnet18"}
-# Label-free objectives of slidemil.ssl.losses' registry (names as registered there; a test checks).
-SSL_OBJECTIVES = ("simclr", "byol", "vicreg", "barlow", "dino")
-SRMIL_DEFAULT_W_GEN = 1.8  # slidemil.mil.models.srmil's default reconstruction weight
+PRETRAIN_KEYS = ("objective", "sampler", "backbone")  # the pretrain entry's keys the claims read
 CLAIM_COLUMNS = ["claim", "paper", "statement", "comparison", "a_encoder", "a_model", "b_encoder", "b_model",
                  "n_slides", "auc_a", "auc_b", "auc_diff", "diff_ci_lo", "diff_ci_hi", "p_value", "verdict",
                  "note"]
@@ -136,6 +135,11 @@ def _sampler(e: dict[str, Any]) -> str:
     return e.get("sampler") or "augment"
 
 
+def ssl_objectives() -> list[str]:
+    """Registered objectives that use no labels (self-supervised)."""
+    return [name for name, o in registered.objectives().items() if not o.attrs["uses_labels"]]
+
+
 @claim("floor_abmil_beats_mean", "slidemil floor/ceiling",
        "gated ABMIL beats mean pooling on the baseline encoder's features")
 def abmil_beats_mean(ctx: ClaimContext) -> Plan:
@@ -146,19 +150,21 @@ def abmil_beats_mean(ctx: ClaimContext) -> Plan:
        "WeakSupCon features beat SSL features for MIL")
 def weaksupcon_beats_ssl(ctx: ClaimContext) -> Plan:
     wsc = ctx.encoders_where(objective="weaksupcon")
-    ssl = [e for e in ctx.encoders if e.get("objective") in SSL_OBJECTIVES and not e.get("hnm_round")]
+    ssl_names = ssl_objectives()
+    ssl = [e for e in ctx.encoders if e.get("objective") in ssl_names and not e.get("hnm_round")]
     # Only the objective differs: same backbone, same pair sampler.
     tests = [Test((a["name"], ctx.baseline_model), (b["name"], ctx.baseline_model))
              for a in wsc for b in ssl if _same_arch(a, b) and _sampler(a) == _sampler(b)]
     return Plan(tests, "" if tests else "needs encoders with objective: weaksupcon and an SSL objective "
-                f"({', '.join(SSL_OBJECTIVES)}) of the same arch and sampler")
+                f"({', '.join(ssl_names)}) of the same arch and sampler")
 
 
 @claim("spatial_pairs_beat_augment", "001 spatial-context positive pairs",
        "spatial-context pairs beat augmentation-only pairs, for each SSL objective")
 def spatial_beats_augment(ctx: ClaimContext) -> Plan:
     tests = []
-    for objective in SSL_OBJECTIVES:
+    ssl_names = ssl_objectives()
+    for objective in dict.fromkeys(e.get("objective") for e in ctx.encoders if e.get("objective") in ssl_names):
         encs = [e for e in ctx.encoders_where(objective=objective) if not e.get("hnm_round")]
         spatial = [e for e in encs if _sampler(e) == "spatial"]
         augment = [e for e in encs if _sampler(e) == "augment"]
@@ -191,7 +197,8 @@ def hnm_beats_round0(ctx: ClaimContext) -> Plan:
        "spatial regularisation (reconstruction weight > 0) beats weight 0")
 def srmil_beats_plain(ctx: ClaimContext) -> Plan:
     runs = ctx.model_runs("srmil")
-    w_gen = {name: float(p.get("w_gen", SRMIL_DEFAULT_W_GEN)) for name, p in runs.items()}
+    default = registered.mil_models()["srmil"].params["w_gen"]
+    w_gen = {name: float(p.get("w_gen", default)) for name, p in runs.items()}  # type: ignore[arg-type]
     tests = [Test((ctx.baseline_encoder, a), (ctx.baseline_encoder, b))
              for a in sorted(runs) for b in sorted(runs) if w_gen[a] > 0 and w_gen[b] == 0]
     return Plan(tests, "" if tests else "needs MIL runs of model srmil with w_gen > 0 and w_gen: 0 "
@@ -203,7 +210,8 @@ def encoder_metadata(encoders: list[dict[str, Any]] | None, pretrain: dict[str, 
     objective, sampler, ...its other keys (e.g. hnm_round, hnm_base)}, defaults filled in."""
     out = [dict(e) for e in encoders or []]
     for name, params in (pretrain or {}).items():
-        entry = {**PRETRAIN_DEFAULTS, **(params or {}), "name": str(name)}
+        defaults = PretrainParams()
+        entry = {**{k: getattr(defaults, k) for k in PRETRAIN_KEYS}, **(params or {}), "name": str(name)}
         entry["arch"] = entry.pop("backbone")
         out.append(entry)
     return out
