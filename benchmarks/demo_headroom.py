@@ -14,7 +14,7 @@ results/mil, so it runs whatever MIL layout the workflow writes:
    the validation slides only) on both feature sets, test predictions pooled over folds and seeds.
 
 Tile labels: a tile is tumour when its centre lies in the demo's tumour GeoJSON
-(slidemil.evaluate.heatmaps.tile_labels); mimic tiles (centre in the mimic GeoJSON) are reported apart.
+(slidemil.cohorts.annotations.tile_labels); mimic tiles (centre in the mimic GeoJSON) are reported apart.
 Nothing is selected on test slides. Prints one line per figure and, last, one JSON object.
 
     .venv/bin/python benchmarks/demo_headroom.py                       # results/, config/config.yaml
@@ -63,7 +63,7 @@ def load_run(results: Path, encoder: str, samples: Path, classes: list[str]) -> 
     import pandas as pd
     import zarr
 
-    from slidemil.evaluate.heatmaps import tile_labels
+    from slidemil.cohorts.annotations import tile_labels
     from slidemil.cohorts.sheet import read_sheet
     from slidemil.slides.store import read_features
 

@@ -8,16 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from slidemil.cohorts.builders import (
-    CAMELYON16_CLASSES,
-    TCGA_COHORTS,
-    CohortError,
-    build_camelyon16,
-    build_tcga,
-    main,
-    parse_tcga_slide_name,
-    read_asap_annotation,
-)
+from slidemil.cohorts.__main__ import main
+from slidemil.cohorts.annotations import read_asap_annotation
+from slidemil.cohorts.camelyon16 import CAMELYON16_CLASSES, build_camelyon16
+from slidemil.cohorts.sheet import CohortError
+from slidemil.cohorts.tcga import TCGA_COHORTS, build_tcga, parse_tcga_slide_name
 
 ASAP_XML = """<?xml version="1.0"?>
 <ASAP_Annotations>
@@ -74,7 +69,7 @@ def camelyon16(tmp_path: Path) -> Path:
 
 def test_camelyon16_sheet(camelyon16: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     out = tmp_path / "samples.tsv"
-    with caplog.at_level(logging.WARNING, logger="slidemil.cohorts.builders"):
+    with caplog.at_level(logging.WARNING, logger="slidemil.cohorts"):
         rc = main(
             [
                 "camelyon16",
@@ -259,7 +254,7 @@ def test_tcga_gdc_sample_sheet_as_clinical(nsclc: dict[str, Path], tmp_path: Pat
 def test_tcga_missing_slide_warns_or_fails(nsclc: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
     victim = next(nsclc["slides"].rglob("TCGA-18-3406-01Z-00-DX2*"))
     victim.unlink()
-    with caplog.at_level(logging.WARNING, logger="slidemil.cohorts.builders"):
+    with caplog.at_level(logging.WARNING, logger="slidemil.cohorts"):
         rows = build_tcga([(nsclc["manifest"], None)], nsclc["slides"], ["LUAD", "LUSC"], nsclc["clinical"])
     assert len(rows) == 2
     assert "dropped 1 slide(s)" in caplog.text
@@ -335,7 +330,19 @@ def test_cohort_config(cohort: str) -> None:
     assert cfg["demo"]["enabled"] is False
     assert cfg["tile"]["target_mpp"] == 0.5
     assert cfg["evaluate"]["use_official_split"] is (cohort == "camelyon16")
-    assert f"python -m slidemil.cohorts.builders {cohort} " in text
+    assert f"python -m slidemil.cohorts {cohort} " in text
     assert f"--out {cfg['samples']}" in text
     expected = {"camelyon16": CAMELYON16_CLASSES, **TCGA_COHORTS}[cohort]
     assert cfg["classes"] == list(expected)  # the labels the builder writes
+
+
+def test_python_m_slidemil_cohorts_offers_every_registered_builder() -> None:
+    import subprocess
+    import sys
+
+    from slidemil.cohorts.registry import BUILDERS
+
+    out = subprocess.run([sys.executable, "-m", "slidemil.cohorts", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    assert set(BUILDERS) == {"camelyon16", "tcga", "tcga_nsclc", "tcga_rcc"}
+    assert all(name in out for name in BUILDERS)

@@ -100,7 +100,7 @@ def test_tumour_blobs_are_coherent_over_tiles():
 
 
 def test_mimic_geojson_written_beside_tumour_geojson(tmp_path):
-    from slidemil.evaluate.heatmaps import tile_labels
+    from slidemil.cohorts.annotations import tile_labels
 
     spec = DemoSlideSpec(width=1024, height=768, mimic_probability=(1.0, 1.0))
     for label in (0, 1):

@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 import zarr
 
+from slidemil.cohorts.annotations import load_polygons, tile_labels
 from slidemil.evaluate.froc import FrocParams
-from slidemil.evaluate.heatmaps import (heatmaps_for_model, load_polygons, pick_slides, run_index, tile_geojson,
-                               tile_labels)
+from slidemil.evaluate.heatmaps import heatmaps_for_model, pick_slides, run_index, tile_geojson
 from slidemil.slides.store import atomic_dir, write_features, write_index_arrays
 
 SQUARE = [[0, 0], [200, 0], [200, 200], [0, 200], [0, 0]]

@@ -1,17 +1,88 @@
-"""Sample sheet loading and the checks a JSON schema cannot express (files, duplicates, leakage)."""
+"""The sample sheet: its columns, writing it (the cohort builders), reading it with the checks a JSON
+schema cannot express (files, duplicates, leakage), and the table of the cohort's annotation files.
+
+A sheet is a TSV with columns ``slide_id, path, label, patient_id`` and the optional ``split``
+(train/val/test), ``mpp`` and ``annotation``.
+"""
 
 from __future__ import annotations
 
+import csv
 import json
+import logging
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
 
-from slidemil.files import write_text
+from slidemil.files import atomic_path, write_text
 
-REQUIRED = ("slide_id", "path", "label", "patient_id")
+log = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = ("slide_id", "path", "label", "patient_id")
+OPTIONAL_COLUMNS = ("split", "mpp", "annotation")
 SPLITS = ("train", "val", "test")
+
+
+class CohortError(ValueError):
+    """An input file does not have the shape the builder expects (message names file and row)."""
+
+
+@dataclass(frozen=True)
+class SampleRow:
+    """One slide in the sample sheet."""
+
+    slide_id: str
+    path: str  # absolute path of the slide file
+    label: str
+    patient_id: str
+    split: str | None = None  # train | val | test
+    mpp: float | None = None  # microns per level-0 pixel, when known without opening the slide
+    annotation: str | None = None  # absolute path of a lesion annotation (Camelyon16 ASAP XML)
+
+
+def write_sheet(rows: Iterable[SampleRow], out: str | os.PathLike) -> Path:
+    """Write rows as a TSV sorted by slide_id (temp file, then rename); return the path.
+
+    Optional columns appear only if at least one row has a value. Raises CohortError on an empty
+    cohort or duplicate slide ids.
+    """
+    rows = sorted(rows, key=lambda r: r.slide_id)
+    if not rows:
+        raise CohortError(f"{out}: no slides left to write")
+    seen: dict[str, SampleRow] = {}
+    for r in rows:
+        if r.slide_id in seen:
+            raise CohortError(f"duplicate slide_id {r.slide_id!r}: {seen[r.slide_id].path} and {r.path}")
+        seen[r.slide_id] = r
+    optional = [c for c in OPTIONAL_COLUMNS if any(getattr(r, c) is not None for r in rows)]
+    columns = list(REQUIRED_COLUMNS) + optional
+    out = Path(out)
+    with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f, delimiter="\t", lineterminator="\n")
+        w.writerow(columns)
+        for r in rows:
+            w.writerow(["" if getattr(r, c) is None else getattr(r, c) for c in columns])
+    counts = {}
+    for r in rows:
+        counts[r.label] = counts.get(r.label, 0) + 1
+    log.info("%s: %d slides, %d patients, labels %s", out, len(rows), len({r.patient_id for r in rows}), counts)
+    return out
+
+
+def drop_missing(missing: list[str], what: str, strict: bool) -> None:
+    """Slides an input lists but the disk lacks: a warning and a count, or with `strict` a CohortError."""
+    if not missing:
+        return
+    if strict:
+        raise CohortError(
+            f"{missing[0]}: listed in {what} but absent on disk ({len(missing)} missing in all; --strict)"
+        )
+    log.warning("dropped %d slide(s) listed in %s but absent on disk, e.g. %s", len(missing), what, missing[0])
+
+
 
 
 class SampleSheetError(ValueError):
@@ -25,10 +96,10 @@ def read_sheet(path: str | Path) -> pd.DataFrame:
         raise SampleSheetError(f"{path}: sample sheet not found; set `samples` in the config")
     df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_values=[""], comment="#")
     df.columns = [c.strip() for c in df.columns]
-    missing = [c for c in REQUIRED if c not in df.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise SampleSheetError(f"{path}: missing column(s) {', '.join(missing)}; "
-                               f"a sample sheet needs {', '.join(REQUIRED)} (tab-separated)")
+                               f"a sample sheet needs {', '.join(REQUIRED_COLUMNS)} (tab-separated)")
     if "mpp" in df.columns:
         df["mpp"] = pd.to_numeric(df["mpp"], errors="coerce")
     return df
@@ -44,7 +115,7 @@ def check_sheet(df: pd.DataFrame, classes: Iterable[str], sheet: str | Path = "s
         return f"{sheet} line {i + 2}"  # +1 header, +1 one-based
 
     for i, r in df.iterrows():
-        for col in REQUIRED:
+        for col in REQUIRED_COLUMNS:
             if pd.isna(r[col]) or not str(r[col]).strip():
                 errors.append(f"{row(i)}: empty {col}; fill it in")
         if not pd.isna(r["label"]) and r["label"] not in classes:

@@ -21,48 +21,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from slidemil.cohorts.annotations import load_polygons, tile_labels
 from slidemil.evaluate.froc import (FP_RATES, FrocParams, SlideHits, detection_confidence, froc_curve, froc_summary,
                            lesion_mask, local_maxima, match_detections)
 from slidemil.files import atomic_path
 from slidemil.evaluate.metrics import auc_binary
 
 log = logging.getLogger(__name__)
-
-
-def load_polygons(path: str | Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(lesions, holes) as lists of level-0 (x, y) vertex arrays from GeoJSON or ASAP XML."""
-    path = Path(path)
-    if path.suffix.lower() == ".xml":
-        from slidemil.cohorts.builders import read_asap_annotation
-
-        lesions, holes = [], []
-        for _, group, xy in read_asap_annotation(path):
-            (holes if group in ("_2", "Exclusion") else lesions).append(np.asarray(xy, float))
-        return lesions, holes
-    data = json.loads(path.read_text())
-    features = data.get("features", [data]) if isinstance(data, dict) else data
-    lesions, holes = [], []
-    for f in features:
-        geom = f.get("geometry", f)
-        polys = geom["coordinates"] if geom["type"] == "MultiPolygon" else [geom["coordinates"]]
-        for rings in polys:
-            lesions.append(np.asarray(rings[0], float))
-            holes.extend(np.asarray(r, float) for r in rings[1:])
-    return lesions, holes
-
-
-def tile_labels(coords: np.ndarray, tile_size0: float, annotation: str | Path) -> np.ndarray:
-    """1 where the tile centre (level 0) is inside a lesion and not inside a hole."""
-    from matplotlib.path import Path as MplPath
-
-    centres = np.asarray(coords, float) + tile_size0 / 2
-    lesions, holes = load_polygons(annotation)
-    inside = np.zeros(len(centres), bool)
-    for poly in lesions:
-        inside |= MplPath(poly).contains_points(centres)
-    for poly in holes:
-        inside &= ~MplPath(poly).contains_points(centres)
-    return inside.astype(int)
 
 
 def score_ranks(scores: np.ndarray) -> np.ndarray:

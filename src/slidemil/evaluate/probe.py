@@ -6,7 +6,7 @@ tiles; the test scores of all folds are pooled into one tile AUC with a bootstra
 (resampling test slides, since tiles of one slide are not independent). Validation slides are not
 used. A fold-trained encoder is probed per fold on its own features (features_dir holds "{fold}").
 
-Tile labels: 1 where the tile centre lies in a tumour polygon (slidemil.evaluate.heatmaps.tile_labels).
+Tile labels: 1 where the tile centre lies in a tumour polygon (slidemil.cohorts.annotations.tile_labels).
 Negative slides without an annotation are all-normal (Camelyon16's convention); positive slides
 without one are left out (their tiles' labels are unknown). Where a `<annotation>.mimic.geojson`
 sits beside the annotation (the demo's benign mimics), `tile_auc_vs_mimic` is the AUC of tumour
@@ -47,7 +47,7 @@ def probe_slide(features_store: str | Path, annotation: str | None, positive: bo
     """Features and tile labels of one slide; None when its labels are unknown or it has no tiles."""
     import zarr
 
-    from slidemil.evaluate.heatmaps import tile_labels
+    from slidemil.cohorts.annotations import tile_labels
     from slidemil.slides.store import read_features
 
     feats = read_features(features_store)

@@ -344,7 +344,7 @@ def mining_evidence(rounds: list[tuple[int, int, str | Path]], tiles: dict[str, 
     import pandas as pd
     import zarr
 
-    from slidemil.evaluate.heatmaps import tile_labels
+    from slidemil.cohorts.annotations import tile_labels
 
     inside_cache: dict[tuple[str, str], np.ndarray] = {}
 
