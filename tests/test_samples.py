@@ -1,8 +1,8 @@
 import pandas as pd
 import pytest
 
-from slidemil.cohorts.sheet import (DEMO_SLIDES, SampleSheetError, annotation_table, load_samples,
-                              read_annotation_table, slide_paths, write_annotation_table)
+from slidemil.cohorts.sheet import (DEMO_SLIDES, SampleSheetError, annotation_table, check_sheet, read_annotation_table,
+                                    read_sheet, slide_paths, write_annotation_table)
 
 CLASSES = ["normal", "tumour"]
 
@@ -15,10 +15,17 @@ def _sheet(tmp_path, rows, header="slide_id\tpath\tlabel\tpatient_id"):
     return p
 
 
+def _load(path, will_exist=()):
+    """As workflow/rules/common.smk loads the sheet: read, then check."""
+    df = read_sheet(path)
+    check_sheet(df, CLASSES, path, will_exist)
+    return df
+
+
 def test_good_sheet_loads(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    df = load_samples(_sheet(tmp_path, ["s1\ta.svs\tnormal\tP1", "s2\tb.svs\ttumour\tP2"]), CLASSES)
-    assert list(df.index) == ["s1", "s2"]
+    df = _load(_sheet(tmp_path, ["s1\ta.svs\tnormal\tP1", "s2\tb.svs\ttumour\tP2"]))
+    assert list(df["slide_id"]) == ["s1", "s2"]
 
 
 @pytest.mark.parametrize("rows,header,match", [
@@ -34,13 +41,13 @@ def test_each_problem_is_one_line_naming_the_row(tmp_path, monkeypatch, rows, he
     monkeypatch.chdir(tmp_path)
     kwargs = {"header": header} if header else {}
     with pytest.raises(SampleSheetError, match=match):
-        load_samples(_sheet(tmp_path, rows, **kwargs), CLASSES)
+        _load(_sheet(tmp_path, rows, **kwargs))
 
 
 def test_generated_demo_paths_need_not_exist(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     p = _sheet(tmp_path, ["d1\tresults/demo/slides/d1.tiff\tnormal\tP1"])
-    assert len(load_samples(p, CLASSES, will_exist={"results/demo/slides/d1.tiff"})) == 1
+    assert len(_load(p, will_exist={"results/demo/slides/d1.tiff"})) == 1
 
 
 def test_slide_paths_follow_the_sheet(tmp_path):

@@ -142,13 +142,6 @@ def check_sheet(df: pd.DataFrame, classes: Iterable[str], sheet: str | Path = "s
         raise SampleSheetError("\n".join(errors))
 
 
-def load_samples(path: str | Path, classes: Iterable[str], will_exist: Iterable[str] = ()) -> pd.DataFrame:
-    """Read and check a sample sheet; returns it indexed by slide_id."""
-    df = read_sheet(path)
-    check_sheet(df, classes, path, will_exist)
-    return df.set_index("slide_id", drop=False)
-
-
 def label_indices(path: str | Path, classes: list[str]) -> dict[str, int]:
     """slide_id -> index of its label in `classes` (0 = the negative class), from the sheet at `path`."""
     sheet = read_sheet(path)
