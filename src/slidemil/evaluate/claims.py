@@ -132,7 +132,7 @@ def _same_arch(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def _sampler(e: dict[str, Any]) -> str:
-    return e.get("sampler") or "augment"
+    return e.get("sampler") or PretrainParams.sampler  # frozen encoders: as if augmentation pairs
 
 
 def ssl_objectives() -> list[str]:
