@@ -28,6 +28,9 @@ def test_registry_names():
     assert OBJECTIVES["weaksupcon"].uses_labels and not OBJECTIVES["simclr"].uses_labels
     with pytest.raises(KeyError, match="unknown objective"):
         build_objective("nope")
+    with pytest.raises(TypeError, match=r"objective 'simclr' got unknown params \['temprature'\]"):
+        build_objective("simclr", temprature=0.2)  # a config typo is an error, an offered value is not
+    assert [name for name, cls in OBJECTIVES.items() if cls.keeps_teacher] == ["dino"]
 
 
 def test_simclr_by_hand():
@@ -150,7 +153,7 @@ def test_byol_and_dino_by_hand():
 
 
 def test_dino_centre_update():
-    obj = build_objective("dino", out_dim=3)
+    obj = build_objective("dino", offered={"out_dim": 3, "unused": 1})
     t = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     obj.after_step(t, t)
     torch.testing.assert_close(obj.center, torch.tensor([[0.05, 0.05, 0.0]]))
@@ -159,7 +162,7 @@ def test_dino_centre_update():
 @pytest.mark.parametrize("name", ["simclr", "supcon", "weaksupcon", "supcon_hnm", "vicreg", "barlow", "byol", "dino"])
 def test_loss_falls_as_positives_align(name):
     b, d = 8, 16
-    obj = build_objective(name, out_dim=d) if name == "dino" else build_objective(name)
+    obj = build_objective(name, offered={"out_dim": d})  # as the trainer does: the head width to those that take it
     anchor = torch.randn(b, d, generator=torch.Generator().manual_seed(0))
     other = torch.randn(b, d, generator=torch.Generator().manual_seed(1))
     labels = torch.tensor([0, 1] * (b // 2))
