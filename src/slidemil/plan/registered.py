@@ -132,9 +132,17 @@ def _params(cls: _Class) -> dict[str, object]:
 
 
 def _registered(decorator: str) -> dict[str, Registered]:
+    stamps = tuple((p, st.st_mtime_ns, st.st_size) for p in sorted(PACKAGE_DIR.rglob("*.py")) for st in [p.stat()])
+    return dict(_registered_as_of(decorator, stamps))
+
+
+@functools.cache
+def _registered_as_of(decorator: str, stamps: tuple[tuple[Path, int, int], ...]) -> dict[str, Registered]:
+    """The classes registered with `decorator` in the package files `stamps` (path, mtime, size): planning
+    asks per job, the answer changes only with the files."""
     found: dict[str, Registered] = {}
     where: dict[str, str] = {}
-    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+    for path, *_ in stamps:
         for cls in (c for c in _names(path).values() if isinstance(c, _Class)):
             for deco in cls.node.decorator_list:
                 if not (isinstance(deco, ast.Call) and isinstance(deco.func, ast.Name) and deco.func.id == decorator
