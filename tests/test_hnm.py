@@ -14,8 +14,10 @@ import yaml
 import zarr
 
 from slidemil.encoders import read_state_dict
-from slidemil.hnm.mining import (HNMParams, MinedPairs, PseudoLabels, finetune_round, gate, hard_negatives, hnm_runs,
-                          mine_round, pseudo_positives, round_encoders, spl_ratio)
+from slidemil.config import load_config
+from slidemil.hnm.mining import (HNMParams, MinedPairs, PseudoLabels, finetune_round, gate, hard_negatives, mine_round,
+                          pseudo_positives, spl_ratio)
+from slidemil.plan.catalogue import hnm_runs, round_encoders
 from slidemil.ssl.data import SlideSource
 from slidemil.ssl.losses.hnm_steps import STEP_A, STEP_B, encode_labels, hnm_steps
 from slidemil.ssl.losses.hnm_supcon import hnm_supcon
@@ -81,12 +83,17 @@ def test_step_losses_are_the_authors_two_supcon_calls():
 
 
 def test_runs_are_checked_and_rounds_named():
-    runs = hnm_runs({"h": {"base": "enc", "rounds": 3}, "off": {"base": "enc", "enabled": False}}, ["enc"])
+    def runs_of(hnm: dict) -> dict[str, HNMParams]:
+        return load_config({"samples": "s.tsv", "classes": ["a", "b"], "encoders": [], "hnm": hnm}).hnm
+
+    runs = hnm_runs(runs_of({"h": {"base": "enc", "rounds": 3}, "off": {"base": "enc", "enabled": False}}), ["enc"])
     assert list(runs) == ["h"] and list(round_encoders(runs)) == ["h-r1", "h-r2", "h-r3"]
     with pytest.raises(ValueError, match="base 'nope' is not an encoder"):
-        hnm_runs({"h": {"base": "nope"}}, ["enc"])
-    with pytest.raises(ValueError, match="unknown hnm keys"):
-        hnm_runs({"h": {"base": "enc", "neg_ration": 0.1}}, ["enc"])
+        hnm_runs(runs_of({"h": {"base": "nope"}}), ["enc"])
+    with pytest.raises(ValueError, match=r"config hnm.h: unknown keys \['neg_ration'\]"):
+        runs_of({"h": {"base": "enc", "neg_ration": 0.1}})
+    with pytest.raises(ValueError, match=r"config hnm.h.mil: unknown keys \['epoch'\]"):
+        runs_of({"h": {"base": "enc", "mil": {"epoch": 3}}})
     # raising `rounds` does not change what a finished round was made with
     assert HNMParams(base="e", rounds=2).round_params() == HNMParams(base="e", rounds=5).round_params()
 

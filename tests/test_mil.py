@@ -13,7 +13,7 @@ import torch
 
 from slidemil.cohorts.folds import fold_table
 from slidemil.evaluate.metrics import auc
-from slidemil.mil import MIL_MODELS, build_mil
+from slidemil.mil.models import MIL_MODELS, build_mil
 from slidemil.mil.train import load_mil, run_fold, train_mil
 from slidemil.slides.store import write_features
 
@@ -170,49 +170,59 @@ def test_run_fold_end_to_end(tmp_path, caplog):
 
 # --- per-model config blocks, MIRank pairs, streamed bags with graphs -------------------------------
 
-def test_mil_config_blocks_checked_against_constructors():
+def test_mil_config_blocks_checked_against_the_registry_without_building():
     import yaml
 
-    from slidemil.mil.params import check_mil_config, run_params
+    from slidemil.config import MilConfig, from_block
+    from slidemil.mil.params import check_model_values, mil_runs, run_params
+
+    def runs(mil: dict, n_classes: int = 2) -> dict:
+        return mil_runs(from_block(MilConfig, mil, "mil"), n_classes)
 
     root = Path(__file__).resolve().parents[1]
     demo = yaml.safe_load((root / "config/config.yaml").read_text())["mil"]
-    check_mil_config(demo)
+    runs(demo)
     zoo = yaml.safe_load((root / "config/zoo.yaml").read_text())["mil"]
     bench = yaml.safe_load((root / "config/benchmark.yaml").read_text())["mil"]
     models = {**demo["models"], **zoo["models"]}  # Snakemake merges nested dicts
     merged = {**demo, "models": {m: {**block, **bench["models"].get(m, {})} for m, block in models.items()}}
-    check_mil_config(merged)
-    assert {"srmil", "transmil", "clam_mb", "max"} <= {run_params(merged, m)["model"] for m in merged["models"]}
-    runs = check_mil_config({"models": ["mean", "abmil"], "epochs": 3})  # a list: defaults
-    assert json.loads(runs["abmil"]) == {"epochs": 3, "model": "abmil"}  # the mil rule's --params
+    assert {"srmil", "transmil", "clam_mb", "max"} <= {r.model for r in runs(merged).values()}
+    listed = runs({"models": ["mean", "abmil"], "epochs": 3})  # a list: defaults
+    assert listed["abmil"].params() == {"epochs": 3, "lr": MilConfig.lr, "weight_decay": MilConfig.weight_decay,
+                                        "mirank": False, "mirank_k": 10, "mirank_weight": 0.1, "device": "auto",
+                                        "model": "abmil"}  # the mil rule's --params: every training key
 
     base = {"epochs": 2, "lr": 1e-3}
     p = run_params({**base, "models": {"plain": {"model": "srmil", "w_gen": 0, "lr": 5e-4}}}, "plain")
-    assert p == {"epochs": 2, "lr": 5e-4, "w_gen": 0, "model": "srmil"}
+    assert {k: p[k] for k in ("epochs", "lr", "w_gen", "model")} == {"epochs": 2, "lr": 5e-4, "w_gen": 0, "model": "srmil"}
     bad = [({"nope": {}}, "unknown model 'nope'"),
            ({"abmil": {"hiden": 8}}, r"abmil: unknown keys \['hiden'\]"),
-           ({"abmil": {"mirank": True}}, "mirank needs instance logits"),
-           ({"srmil": {"hidden": 30, "heads": 4}}, "multiple of heads"),
-           ({"x": {"model": "transmil", "heads": 3}}, "mil.models.x")]
+           ({"abmil": {"mirank": True}}, "mirank needs instance logits")]
     for models, match in bad:
         with pytest.raises(ValueError, match=match):
-            check_mil_config({**base, "models": models})
-    with pytest.raises(ValueError, match="unknown keys"):
-        check_mil_config({**base, "hidden": 8, "models": ["mean"]})  # model parameters at the top level
+            runs({**base, "models": models})
+    with pytest.raises(ValueError, match=r"config mil: unknown keys \['hidden'\]"):
+        runs({**base, "hidden": 8, "models": ["mean"]})  # model parameters at the top level
     with pytest.raises(ValueError, match="two classes"):
-        check_mil_config({"models": {"dsmil": {"mirank": True}}}, n_classes=3)
+        runs({"models": {"dsmil": {"mirank": True}}}, n_classes=3)
+    # values only the constructor can judge fail at the start of the job, naming the config key
+    with pytest.raises(ValueError, match="mil.models.srmil: .*multiple of heads"):
+        check_model_values("srmil", "srmil", {"hidden": 30, "heads": 4}, 2)
+    with pytest.raises(ValueError, match="mil.models.x"):
+        check_model_values("x", "transmil", {"heads": 3}, 2)
 
 
 def test_mil_grid_limits_a_run_to_its_encoders_without_changing_its_params():
-    from slidemil.mil.params import check_mil_config, mil_grid
+    from slidemil.config import MilConfig, from_block
+    from slidemil.mil.params import mil_grid, mil_runs
 
     encoders = ["rand", "simclr", "weaksupcon"]
     mil = {"epochs": 2, "models": {"abmil": {}, "transmil": {"encoders": ["weaksupcon", "rand"]}}}
     assert mil_grid(mil, encoders) == {"abmil": encoders, "transmil": ["rand", "weaksupcon"]}
     # the encoder list is not a training parameter: editing it must not rerun the run's jobs
-    runs = check_mil_config(mil)
-    assert runs["transmil"] == check_mil_config({"epochs": 2, "models": {"transmil": {}}})["transmil"]
+    runs = mil_runs(from_block(MilConfig, mil, "mil"), 2)
+    alone = mil_runs(from_block(MilConfig, {"epochs": 2, "models": {"transmil": {}}}, "mil"), 2)
+    assert runs["transmil"].params() == alone["transmil"].params()
     with pytest.raises(ValueError, match=r"transmil.encoders: \['dino'\] are not encoders"):
         mil_grid({"models": {"transmil": {"encoders": ["dino"]}}}, encoders)
     with pytest.raises(ValueError, match="a list of encoder names"):

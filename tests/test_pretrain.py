@@ -11,7 +11,8 @@ import zarr
 from slidemil.cli import main as cli_main
 from slidemil.encoders import EncoderSpec, build_encoder, read_state_dict
 from slidemil.slides.graph import save_graph
-from slidemil.ssl.pretrain import PretrainParams, pretrain, scopes_of, sources_for_scope, training_slides
+from slidemil.plan.catalogue import scopes_of
+from slidemil.ssl.pretrain import PretrainParams, pretrain, sources_for_scope, training_slides
 from slidemil.ssl.data import SlideSource
 from slidemil.ssl.losses import OBJECTIVES
 from slidemil.slides.store import atomic_dir, create_tile_arrays, write_index_arrays
@@ -53,7 +54,7 @@ def test_every_objective_trains_and_writes_an_encoder(objective, cohort, tmp_pat
     tiles, graphs, labels, root = cohort
     params = PretrainParams(objective=objective, sampler="mixed", epochs=1, **{k: v for k, v in TINY.items()
                                                                                 if k != "epochs"})
-    scope = scopes_of(params, 1)[0]
+    scope = scopes_of(params, 1, params.uses_labels)[0]
     src = sources_for_scope(tiles, graphs, scope, labels if params.uses_labels else None, str(root / "folds.csv"))
     meta = pretrain(src, params, tmp_path / "enc" / objective / "encoder.pt", seed=0, device="cpu")
     assert np.isfinite(meta["history"][0]["loss"])
@@ -111,11 +112,11 @@ def test_test_slide_labels_never_reach_a_fold_encoder(cohort, tmp_path):
 
 def test_label_objectives_are_never_trained_on_the_whole_cohort():
     with pytest.raises(ValueError, match="per fold"):
-        scopes_of(PretrainParams(objective="weaksupcon", scope="all"), 4)
-    assert scopes_of(PretrainParams(objective="supcon"), 3) == ["fold0", "fold1", "fold2"]
-    assert scopes_of(PretrainParams(objective="byol"), 3) == ["all"]
-    assert scopes_of(PretrainParams(objective="byol", scope="folds"), 2) == ["fold0", "fold1"]
-    with pytest.raises(ValueError, match="unknown pretrain keys"):
+        scopes_of(PretrainParams(objective="weaksupcon", scope="all"), 4, uses_labels=True)
+    assert scopes_of(PretrainParams(objective="supcon"), 3, uses_labels=True) == ["fold0", "fold1", "fold2"]
+    assert scopes_of(PretrainParams(objective="byol"), 3, uses_labels=False) == ["all"]
+    assert scopes_of(PretrainParams(objective="byol", scope="folds"), 2, uses_labels=False) == ["fold0", "fold1"]
+    with pytest.raises(ValueError, match=r"config pretrain: unknown keys \['objectiv'\]"):
         PretrainParams.from_dict({"objectiv": "simclr"})
 
 

@@ -7,7 +7,6 @@ Errors that users can fix (a bad slide, a bad sheet) print one line and exit 1.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
@@ -18,44 +17,46 @@ def _json(text: str) -> dict:
     return json.loads(text) if text else {}
 
 
-def _fields(cls, params: dict) -> dict:
-    """Keep the keys a params dataclass knows (config blocks may carry keys for other stages)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in params.items() if k in names}
+def _block(cls, text: str, block: str):
+    """Config block `block` as its dataclass (slidemil.config): strict, the dataclass's defaults for missing keys."""
+    from slidemil.config import from_block
+
+    return from_block(cls, _json(text), block)
 
 
 def cmd_demo_slide(a: argparse.Namespace) -> None:
     from slidemil.cohorts.demo import DemoSlideSpec, make_demo_slide
+    from slidemil.config import DemoConfig
 
-    p = _json(a.params)
-    spec = DemoSlideSpec(**{k: p[k] for k in ("width", "height", "mpp") if k in p})
+    d = _block(DemoConfig, a.params, "demo")
+    spec = DemoSlideSpec(width=d.width, height=d.height, mpp=d.mpp)
     make_demo_slide(a.slide_id, a.positive, a.seed, Path(a.out), Path(a.annotation), spec)
 
 
 def cmd_mask(a: argparse.Namespace) -> None:
-    from slidemil.slides.tissue import TissueParams, mask_slide_or_flag
+    from slidemil.config import MaskConfig
+    from slidemil.slides.tissue import mask_slide_or_flag
 
-    p = _json(a.params)
-    mask_slide_or_flag(a.slide, a.slide_id, a.out, a.qc, TissueParams(**_fields(TissueParams, p)),
-                       mask_mpp=p.get("mask_mpp", 8.0), mpp_override=a.mpp, on_error=a.on_slide_error)
+    mask = _block(MaskConfig, a.params, "mask")  # the tissue thresholds and mask_mpp
+    mask_slide_or_flag(a.slide, a.slide_id, a.out, a.qc, mask, mask_mpp=mask.mask_mpp, mpp_override=a.mpp,
+                       on_error=a.on_slide_error)
 
 
 def cmd_tile(a: argparse.Namespace) -> None:
     from slidemil.slides.tiling import TileParams, tile_slide_or_flag
 
-    params = TileParams(**_fields(TileParams, _json(a.params)))
+    params = _block(TileParams, a.params, "tile")
     tile_slide_or_flag(a.slide, a.slide_id, a.mask, a.mask_qc, a.out, a.qc, params, a.mpp, threads=a.threads,
                        on_error=a.on_slide_error)
 
 
 def cmd_preprocess(a: argparse.Namespace) -> None:
+    from slidemil.config import MaskConfig
     from slidemil.slides.tiling import TileParams, preprocess_batch
-    from slidemil.slides.tissue import TissueParams
 
-    m = _json(a.mask_params)
-    preprocess_batch(_json(a.slides), a.masks_dir, a.mask_qc_dir, a.tiles_dir, a.qc_dir,
-                     TissueParams(**_fields(TissueParams, m)), m.get("mask_mpp", 8.0),
-                     TileParams(**_fields(TileParams, _json(a.params))), threads=a.threads, on_error=a.on_slide_error)
+    mask = _block(MaskConfig, a.mask_params, "mask")
+    preprocess_batch(_json(a.slides), a.masks_dir, a.mask_qc_dir, a.tiles_dir, a.qc_dir, mask, mask.mask_mpp,
+                     _block(TileParams, a.params, "tile"), threads=a.threads, on_error=a.on_slide_error)
 
 
 def cmd_graph(a: argparse.Namespace) -> None:
@@ -83,10 +84,10 @@ def cmd_annotations_index(a: argparse.Namespace) -> None:
 
 
 def cmd_embed(a: argparse.Namespace) -> None:
-    from slidemil.encoders import EncoderSpec
+    from slidemil.config import EncoderSpec
     from slidemil.encoders.job import embed_job
 
-    embed_job(_fields(EncoderSpec, _json(a.encoder)), a.weights, a.tiles, a.out, a.seed, a.device, a.threads)
+    embed_job(_block(EncoderSpec, a.encoder, "encoders"), a.weights, a.tiles, a.out, a.seed, a.device, a.threads)
 
 
 def cmd_pretrain(a: argparse.Namespace) -> None:
@@ -112,10 +113,10 @@ def cmd_export_h5(a: argparse.Namespace) -> None:
 
 def cmd_folds(a: argparse.Namespace) -> None:
     from slidemil.cohorts.folds import write_folds
+    from slidemil.config import EvaluateConfig
 
-    p = _json(a.params)
-    write_folds(a.samples, a.out, p.get("n_folds", 5), a.seed, p.get("val_fraction", 0.2),
-                bool(p.get("use_official_split")))
+    e = _block(EvaluateConfig, a.params, "evaluate")  # the fold keys of config `evaluate`
+    write_folds(a.samples, a.out, e.n_folds, a.seed, e.val_fraction, e.use_official_split)
 
 
 def cmd_mil(a: argparse.Namespace) -> None:
@@ -169,10 +170,10 @@ def cmd_probe_table(a: argparse.Namespace) -> None:
 
 
 def cmd_heatmaps(a: argparse.Namespace) -> None:
+    from slidemil.config import FrocParams
     from slidemil.evaluate.job import heatmaps_job
 
-    froc = {"merge_um": a.froc_merge_um, "itc_um": a.froc_itc_um, "mask_um": a.froc_mask_um,
-            "nms_radius": a.froc_nms_radius}
+    froc = _block(FrocParams, a.froc, "evaluate.froc")
     heatmaps_job(a.folds, a.features_dir, a.samples, a.annotations, a.out_dir, a.png_per_fold, froc, title=a.title)
 
 
@@ -300,8 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out-dir", required=True)
     p.add_argument("--graphs-dir", default=None, help="results/graphs: neighbour graphs {slide}.npz (SRMIL)")
-    p.add_argument("--cache-mb", type=float, default=2048,
-                   help="features kept in memory across epochs; the rest is re-read from the stores")
+    p.add_argument("--cache-mb", type=float, required=True, help="config mil.cache_mb: features kept in memory "
+                   "across epochs; the rest is re-read from the stores")
 
     p = add("heatmaps", cmd_heatmaps, "a model's evidence on its test slides: heatmaps, QuPath GeoJSON, "
             "instance AUC and lesion FROC vs annotations, training curves")
@@ -311,14 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", required=True)
     p.add_argument("--annotations", default=None, help="results/annotations.json (annotations-index)")
     p.add_argument("--out-dir", required=True)
-    p.add_argument("--png-per-fold", type=int, default=2, help="heatmap PNGs per run (the rest: GeoJSON only)")
+    p.add_argument("--png-per-fold", type=int, required=True, help="config evaluate.png_per_fold: heatmap PNGs "
+                   "per run (the rest: GeoJSON only)")
     p.add_argument("--title", default=None, help="title of the training curves (default: last two out-dir parts)")
-    p.add_argument("--froc-nms-radius", type=int, default=1,
-                   help="FROC detections: tiles that are the maximum within this many tiles (0: every tile)")
-    p.add_argument("--froc-merge-um", type=float, default=75.0, help="lesions closer than this are one lesion")
-    p.add_argument("--froc-itc-um", type=float, default=200.0,
-                   help="lesions with a shorter major axis are isolated tumour cells, left out (0: keep all)")
-    p.add_argument("--froc-mask-um", type=float, default=8.0, help="pixel size of the FROC lesion mask, microns")
+    p.add_argument("--froc", default="{}", help="JSON of config evaluate.froc (lesion FROC settings)")
 
     p = add("probe", cmd_probe, "linear probe of one encoder's tile features against tumour annotations")
     p.add_argument("--encoder", required=True)

@@ -1,4 +1,5 @@
 # Sample sheet, config validation and input helpers shared by every rule file.
+import dataclasses
 import functools
 import json
 import os
@@ -15,10 +16,13 @@ sys.path.insert(0, str(SRC))  # the sheet checks below are slidemil's own (src/s
 from slidemil.plan.codeversion import code_version as _code_version  # noqa: E402
 from slidemil.plan.jobs import slide_batches  # noqa: E402
 from slidemil.cohorts.sheet import DEMO_MIMIC, DEMO_SLIDES, DEMO_TUMOUR, annotation_table, check_sheet, read_sheet  # noqa: E402
-from slidemil.mil.params import check_mil_config, mil_grid  # noqa: E402
+from slidemil.config import with_defaults  # noqa: E402
+from slidemil.plan.catalogue import build_catalogue, round_encoder  # noqa: E402
 
-validate(config, schema="../schemas/config.schema.yaml")
-MIL_RUNS = check_mil_config(config["mil"], n_classes=len(config["classes"]))  # run -> params JSON, checked
+validate(config, schema="../schemas/config.schema.yaml")  # types and ranges; the dataclasses give the defaults
+config.update(with_defaults(config))  # every key present, as the rules pass whole blocks
+CATALOGUE = build_catalogue(config)  # encoders, scopes, mining rounds, the MIL grid: checked against the registries
+MIL_RUNS = {run: json.dumps(r.params(), sort_keys=True) for run, r in CATALOGUE.mil_runs.items()}  # the mil rule's --params
 
 SAMPLES = read_sheet(config["samples"])
 validate(SAMPLES, schema="../schemas/samples.schema.yaml")
@@ -33,54 +37,22 @@ SLIDE_MPP = {s: float(m) for s, m in zip(SLIDES, SAMPLES["mpp"]) if m == m} if "
 SLIDE_LABELS = dict(zip(SLIDES, SAMPLES["label"]))
 ANNOTATION_TABLE = annotation_table(SAMPLES, config["demo"]["enabled"])  # tumour and mimic outlines per slide
 ANNOTATIONS = "results/annotations.json"  # the same table, for the jobs (rule annotations_index)
-ENCODERS = {e["name"]: e for e in config["encoders"]}
-N_FOLDS = 1 if config["evaluate"]["use_official_split"] else config["evaluate"]["n_folds"]
-
-# Pretrained encoders (config `pretrain`, name: params): each is an encoder of the benchmark. Label-free
-# ones train once on the cohort (scope `all`, transductive) and join ENCODERS with today's feature paths;
-# label-using ones (WeakSupCon, SupCon) train per fold on the fold's training slides (scopes fold{k}) and
-# are listed in FOLD_ENCODERS, with per-fold features results/features/{encoder}/fold{k}/{slide}.zarr.
-from slidemil.ssl.pretrain import PretrainParams, scopes_of  # noqa: E402
-
-PRETRAIN = {name: PretrainParams.from_dict(p or {}) for name, p in (config.get("pretrain") or {}).items()
-            if (p or {}).get("enabled", True)}
-PRETRAIN_SCOPES = {name: scopes_of(p, N_FOLDS) for name, p in PRETRAIN.items()}
-if set(PRETRAIN) & set(ENCODERS):
-    raise ValueError(f"config: {sorted(set(PRETRAIN) & set(ENCODERS))} named in both `encoders` and `pretrain`")
-
-
-def pretrained_encoder(name: str, scope: str = "all") -> dict:
-    """The `encoders`-style entry of a pretrained encoder: its backbone, fed as in pretraining."""
-    p = PRETRAIN[name]
-    return {"name": name, "arch": p.backbone, "depth": p.depth, "input_size": p.input_size, "batch_size": 128,
-            "weights": f"results/encoders/{name}/{scope}/encoder.pt"}
-
-
-ENCODERS.update({n: pretrained_encoder(n) for n, scopes in PRETRAIN_SCOPES.items() if scopes == ["all"]})
-FOLD_ENCODERS = [n for n, scopes in PRETRAIN_SCOPES.items() if scopes != ["all"]]
-# Hard-negative-mining runs (config `hnm`, workflow/rules/hnm.smk): round t >= 1 of run R is the
-# fold-trained encoder R-r{t} (results/encoders/R-r{t}/fold{k}/encoder.pt), benchmarked like the others.
-from slidemil.hnm.mining import hnm_runs, round_encoder, round_encoders, round_metadata  # noqa: E402
-
-HNM = hnm_runs(config.get("hnm"), [*ENCODERS, *FOLD_ENCODERS])
-HNM_ROUNDS = round_encoders(HNM)  # encoder name -> (run, round)
-FOLD_ENCODERS += list(HNM_ROUNDS)
-HNM_META = round_metadata(HNM, lambda b: ENCODERS[b]["arch"] if b in ENCODERS else PRETRAIN[b].backbone)  # claims
-
-
-def hnm_base_entry(run: str, fold) -> dict:
-    """The `encoders`-style entry of a run's round-0 encoder in fold `fold` (backbone, input size, weights)."""
-    base = HNM[run].base
-    return dict(ENCODERS[base]) if base in ENCODERS else pretrained_encoder(base, f"fold{fold}")
-
-
-ALL_ENCODERS = [*ENCODERS, *FOLD_ENCODERS]  # every encoder of the benchmark
-MIL_GRID = mil_grid(config["mil"], ALL_ENCODERS)  # MIL run -> the encoders it is trained on
-EMBED_PER_JOB = config["embed"]["slides_per_job"]  # the schema fills the defaults of every slides_per_job
+ENCODERS = CATALOGUE.encoders  # embedded once: frozen entries and label-free pretrained ones (scope all)
+N_FOLDS = CATALOGUE.n_folds
+PRETRAIN = CATALOGUE.pretrain  # pretrained encoders, results/encoders/{name}/{scope}/encoder.pt
+PRETRAIN_SCOPES = CATALOGUE.pretrain_scopes
+# Fold-trained encoders (label-using pretraining, mining rounds): features per fold,
+# results/features/{encoder}/fold{k}/{slide}.zarr. Round t of mining run R is R-r{t} (workflow/rules/hnm.smk).
+FOLD_ENCODERS = CATALOGUE.fold_encoders
+HNM = CATALOGUE.hnm
+HNM_ROUNDS = CATALOGUE.hnm_rounds  # encoder name -> (run, round)
+ALL_ENCODERS = CATALOGUE.all_encoders  # every encoder of the benchmark
+MIL_GRID = CATALOGUE.mil_grid  # MIL run -> the encoders it is trained on
+EMBED_PER_JOB = config["embed"]["slides_per_job"]
 EMBED_BATCHES = slide_batches(SLIDES, EMBED_PER_JOB)
 GRAPH_BATCHES = slide_batches(SLIDES, config["graph"]["slides_per_job"])
 TILE_BATCHES = slide_batches(SLIDES, config["tile"]["slides_per_job"])
-TILE_PARAMS = {k: v for k, v in config["tile"].items() if k != "slides_per_job"}  # batching changes no tile
+TILE_PARAMS = dataclasses.asdict(CATALOGUE.config.tile.params())  # batching changes no tile
 
 
 wildcard_constraints:
@@ -122,10 +94,15 @@ def demo_positive(wildcards) -> int:
 
 
 def encoder_arg(wildcards) -> str:
-    return as_arg(ENCODERS[wildcards.encoder])
+    return encoder_block(wildcards.encoder)
 
 
-SEEDS = config.get("seeds", [config["seed"]])
+def encoder_block(encoder: str) -> str:
+    """An encoder's entry, every field filled in, as the embed job's --encoder."""
+    return as_arg(dataclasses.asdict(ENCODERS[encoder]))
+
+
+SEEDS = CATALOGUE.seeds
 
 
 def all_predictions() -> list[str]:
@@ -183,7 +160,7 @@ def all_outputs() -> list[str]:
 
 def weights_of(encoder: str) -> list[str]:
     """An encoder's weights file, a declared input of embed (replacing it reruns embedding); [] = random init."""
-    weights = ENCODERS[encoder].get("weights")
+    weights = ENCODERS[encoder].weights
     return [weights] if weights else []
 
 
@@ -201,16 +178,12 @@ def weights_flag(wildcards, input) -> str:
     return f"--weights {shlex.quote(str(input.weights[0]))}" if input.weights else ""  # [] or [file]
 
 
-def fold_encoder_entry(encoder: str, fold) -> dict:
-    """The `encoders`-style entry of a fold-trained encoder (pretrained per fold, or a mining round)."""
-    if encoder in HNM_ROUNDS:  # a mining round: the base's backbone with the round's weights
-        return {**hnm_base_entry(HNM_ROUNDS[encoder][0], fold), "name": encoder,
-                "weights": f"results/encoders/{encoder}/fold{fold}/encoder.pt"}
-    return pretrained_encoder(encoder, f"fold{fold}")
-
-
 def fold_encoder_arg(wildcards) -> str:
-    return as_arg(fold_encoder_entry(wildcards.encoder, wildcards.fold))
+    return fold_encoder_block(wildcards.encoder, wildcards.fold)
+
+
+def fold_encoder_block(encoder: str, fold) -> str:
+    return as_arg(dataclasses.asdict(CATALOGUE.fold_encoder(encoder, fold)))
 
 
 def pretrain_inputs(wildcards) -> dict:
@@ -218,12 +191,11 @@ def pretrain_inputs(wildcards) -> dict:
     from the sheet and keeps the scope's slides), folds for fold scopes. Listing every store here made
     planning quadratic: Snakemake checks each requested file against its producer's inputs, and each of
     the n/8 embed batches requests this job's encoder.pt."""
-    params = PRETRAIN[wildcards.encoder]
     if wildcards.scope not in PRETRAIN_SCOPES[wildcards.encoder]:
         raise ValueError(f"pretrain {wildcards.encoder}: scope {wildcards.scope} is not one of "
                          f"{PRETRAIN_SCOPES[wildcards.encoder]}")
     inputs = {"tiles": QC_TABLE, "samples": config["samples"],
-              "graphs": GRAPHS_INDEX if params.sampler != "augment" else []}
+              "graphs": GRAPHS_INDEX if CATALOGUE.needs_graphs(wildcards.encoder) else []}
     if wildcards.scope != "all":
         inputs["folds"] = "results/folds.csv"
     return inputs
@@ -231,11 +203,11 @@ def pretrain_inputs(wildcards) -> dict:
 
 def pretrain_graphs_flag(wildcards) -> str:
     """Spatial and mixed samplers read the neighbour graphs (results/graphs/{slide}.npz)."""
-    return "" if PRETRAIN[wildcards.encoder].sampler == "augment" else "--graphs-dir results/graphs"
+    return "--graphs-dir results/graphs" if CATALOGUE.needs_graphs(wildcards.encoder) else ""
 
 
 def pretrain_arg(wildcards) -> str:
-    return as_arg(config["pretrain"][wildcards.encoder] or {})
+    return as_arg(dataclasses.asdict(PRETRAIN[wildcards.encoder]))
 
 
 def pretrain_gpus(wildcards) -> int:
@@ -332,7 +304,7 @@ def hnm_init_weights(wildcards) -> list[str]:
     t = int(wildcards.round)
     if t > 1:
         return [f"results/encoders/{round_encoder(wildcards.run, t - 1)}/fold{wildcards.fold}/encoder.pt"]
-    weights = hnm_base_entry(wildcards.run, wildcards.fold).get("weights")
+    weights = CATALOGUE.hnm_base(wildcards.run, wildcards.fold).weights
     return [weights] if weights else []
 
 
@@ -341,7 +313,7 @@ def hnm_init_flag(wildcards, input) -> str:
 
 
 def hnm_base_arg(wildcards) -> str:
-    return as_arg(hnm_base_entry(wildcards.run, wildcards.fold))
+    return as_arg(dataclasses.asdict(CATALOGUE.hnm_base(wildcards.run, wildcards.fold)))
 
 
 def hnm_run_rounds(wildcards) -> list[str]:

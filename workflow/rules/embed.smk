@@ -20,13 +20,13 @@ if EMBED_PER_JOB == 1:
             encoder=encoder_arg,
             weights=weights_flag,
             seed=config["seed"],
-            device=config["embed"].get("device", "auto"),
+            device=config["embed"]["device"],
             code=code_version("cli:cmd_embed"),
         log:
             "logs/embed/{encoder}/{slide}.log",
         benchmark:
             "results/benchmarks/embed/{encoder}/{slide}.tsv"
-        threads: config["embed"].get("threads", 2)
+        threads: config["embed"]["threads"]
         resources:
             gpu=1,
             mem_mb=4000,
@@ -54,16 +54,16 @@ else:
                 output:
                     [directory(f"results/features/{_encoder}/{s}.zarr") for s in _slides],
                 params:
-                    encoder=as_arg(ENCODERS[_encoder]),
+                    encoder=encoder_block(_encoder),
                     weights=weights_flag,
                     seed=config["seed"],
-                    device=config["embed"].get("device", "auto"),
+                    device=config["embed"]["device"],
                     code=code_version("cli:cmd_embed"),
                 log:
                     f"logs/embed/{_encoder}/batch{_batch}.log",
                 benchmark:
                     f"results/benchmarks/embed/{_encoder}/batch{_batch}.tsv"
-                threads: config["embed"].get("threads", 2)
+                threads: config["embed"]["threads"]
                 resources:
                     gpu=1,
                     mem_mb=4000,
@@ -88,7 +88,7 @@ if EMBED_PER_JOB == 1:
             encoder=fold_encoder_arg,
             weights=weights_flag,
             seed=config["seed"],
-            device=config["embed"].get("device", "auto"),
+            device=config["embed"]["device"],
             code=code_version("cli:cmd_embed"),
         log:
             "logs/embed/{encoder}/fold{fold}/{slide}.log",
@@ -96,7 +96,7 @@ if EMBED_PER_JOB == 1:
             "results/benchmarks/embed/{encoder}/fold{fold}/{slide}.tsv"
         wildcard_constraints:
             encoder="|".join(FOLD_ENCODERS) or "NONE",
-        threads: config["embed"].get("threads", 2)
+        threads: config["embed"]["threads"]
         resources:
             gpu=1,
             mem_mb=4000,
@@ -122,16 +122,16 @@ else:
                     output:
                         [directory(f"results/features/{_encoder}/fold{_fold}/{s}.zarr") for s in _slides],
                     params:
-                        encoder=as_arg(fold_encoder_entry(_encoder, _fold)),
+                        encoder=fold_encoder_block(_encoder, _fold),
                         weights=weights_flag,
                         seed=config["seed"],
-                        device=config["embed"].get("device", "auto"),
+                        device=config["embed"]["device"],
                         code=code_version("cli:cmd_embed"),
                     log:
                         f"logs/embed/{_encoder}/fold{_fold}/batch{_batch}.log",
                     benchmark:
                         f"results/benchmarks/embed/{_encoder}/fold{_fold}/batch{_batch}.tsv"
-                    threads: config["embed"].get("threads", 2)
+                    threads: config["embed"]["threads"]
                     resources:
                         gpu=1,
                         mem_mb=4000,

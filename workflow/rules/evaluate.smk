@@ -38,9 +38,9 @@ rule evaluate:
         ),
     params:
         cfg=as_arg(config["evaluate"]),
-        encoders=as_arg(config["encoders"] + HNM_META),  # + hard-negative-mining rounds (claims metadata)
+        encoders=as_arg(config["encoders"] + CATALOGUE.hnm_metadata()),  # + hard-negative-mining rounds (claims metadata)
         models=as_arg(config["mil"]["models"]),
-        pretrain=as_arg(config.get("pretrain") or {}),
+        pretrain=as_arg(config["pretrain"]),
         classes=as_arg(config["classes"]),
         bootstrap=config["evaluate"]["bootstrap"],
         seed=config["seed"],
@@ -97,13 +97,15 @@ rule heatmaps:
         features_dir=heatmap_features_dir,
         out_dir="results/heatmaps/{encoder}/{model}",
         title="{encoder} / {model}",
+        png_per_fold=config["evaluate"]["png_per_fold"],
+        froc=as_arg(config["evaluate"]["froc"]),
         code=code_version("cli:cmd_heatmaps"),
     log:
         "logs/heatmaps/{encoder}/{model}.log",
     conda:
         "../../envs/torch.yaml"
     shell:
-        "python -m slidemil heatmaps --folds {params.folds} --features-dir '{params.features_dir}' --samples {input.samples:q} --annotations {input.annotations:q} --out-dir {params.out_dir} --title '{params.title}' 2> {log:q}"
+        "python -m slidemil heatmaps --folds {params.folds} --features-dir '{params.features_dir}' --samples {input.samples:q} --annotations {input.annotations:q} --out-dir {params.out_dir} --title '{params.title}' --png-per-fold {params.png_per_fold} --froc {params.froc} 2> {log:q}"
 
 
 # Linear probe of each encoder's tile features against the tumour annotations (slidemil.evaluate.probe).

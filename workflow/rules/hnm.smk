@@ -19,7 +19,7 @@ rule hnm_mine:
         previous=hnm_previous_flag,
         classes=as_arg(config["classes"]),
         seed=config["seed"],
-        device=config["mil"].get("device", "auto"),
+        device=config["mil"]["device"],
         out_dir="results/hnm/{run}/fold{fold}/round{round}",
         code=code_version("cli:cmd_hnm_mine"),
     log:
@@ -57,7 +57,7 @@ rule hnm_finetune:
         base=hnm_base_arg,
         init=hnm_init_flag,
         seed=config["seed"],
-        device=config["embed"].get("device", "auto"),
+        device=config["embed"]["device"],
         code=code_version("cli:cmd_hnm_finetune"),
     log:
         "logs/hnm_finetune/{run}/fold{fold}/round{round}.log",

@@ -33,6 +33,7 @@ rule mil:
     params:
         cfg=lookup(dpath="{model}", within=MIL_RUNS),  # this run's block over mil's top-level keys
         classes=as_arg(config["classes"]),
+        cache_mb=config["mil"]["cache_mb"],
         features_dir=features_dir,
         out_dir="results/mil/{encoder}/{model}/fold{fold}/seed{seed}",
         code=code_version("cli:cmd_mil"),
@@ -48,4 +49,4 @@ rule mil:
     conda:
         "../../envs/torch.yaml"
     shell:
-        "python -m slidemil mil --features-dir {params.features_dir} --folds {input.folds:q} --samples {input.samples:q} --fold {wildcards.fold} --model {wildcards.model} --params {params.cfg:q} --classes {params.classes} --seed {wildcards.seed} --threads {threads} --graphs-dir results/graphs --out-dir {params.out_dir} 2> {log:q}"
+        "python -m slidemil mil --features-dir {params.features_dir} --folds {input.folds:q} --samples {input.samples:q} --fold {wildcards.fold} --model {wildcards.model} --params {params.cfg:q} --classes {params.classes} --seed {wildcards.seed} --threads {threads} --graphs-dir results/graphs --cache-mb {params.cache_mb} --out-dir {params.out_dir} 2> {log:q}"

@@ -15,7 +15,7 @@ rule pretrain:
         graphs=pretrain_graphs_flag,
         classes=as_arg(config["classes"]),
         seed=config["seed"],
-        device=config.get("embed", {}).get("device", "auto"),
+        device=config["embed"]["device"],
         launcher=pretrain_launcher,
         code=code_version("cli:cmd_pretrain"),
     log:

@@ -5,20 +5,20 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from slidemil.config import FrocParams
+
 log = logging.getLogger(__name__)
 
 
 def heatmaps_job(run_dirs: list[str], features_dir: str | Path, samples: str | Path, annotations: str | Path | None,
-                 out_dir: str | Path, png_per_fold: int, froc: dict, title: str | None = None) -> None:
+                 out_dir: str | Path, png_per_fold: int, froc: FrocParams, title: str | None = None) -> None:
     """Heatmaps, QuPath GeoJSON, instance AUC and lesion FROC of one (encoder, model) on its test slides."""
     from slidemil.cohorts.sheet import read_annotation_table, read_sheet
-    from slidemil.evaluate.froc import FrocParams
     from slidemil.evaluate.heatmaps import heatmaps_for_model
 
     sheet = read_sheet(samples).set_index("slide_id", drop=False)
-    froc_params = FrocParams(**{**froc, "itc_um": froc.get("itc_um") or None})  # 0 keeps every lesion
     table = heatmaps_for_model(run_dirs, features_dir, sheet, read_annotation_table(annotations)["tumour"], out_dir,
-                               png_per_fold=png_per_fold, froc=froc_params, title=title)
+                               png_per_fold=png_per_fold, froc=froc, title=title)
     if table["instance_auc"].notna().any():
         log.info("instance AUC (annotated test slides): mean %.3f over %d slides", table["instance_auc"].mean(),
                  table["instance_auc"].notna().sum())

@@ -1,4 +1,4 @@
-"""The `mil` config block: per-model parameter blocks, checked against the models' signatures.
+"""The `mil` config block's runs, checked against the registry without importing torch.
 
     mil:
       models:
@@ -7,49 +7,117 @@
         dsmil: {mirank: true, lr: 0.0002}         # training keys override the top level
         srmil_plain: {model: srmil, w_gen: 0, mask_rate: 0}   # a second run of a model, by alias
         transmil: {encoders: [resnet18_rand]}     # trained on these encoders' features only
-      epochs: 40          # training keys: defaults for every model
+      epochs: 40          # training keys (slidemil.config.MilTrain): defaults for every run
       lr: 0.0005
-      weight_decay: 0.0001
       device: auto
 
 A block's name is the run's name (the {model} of results/mil/{encoder}/{model}/...); it is a
 registered model, or `model:` names one. A block holds that model's constructor parameters
-(slidemil.mil.models, `build_mil`) and any training key (TRAIN_DEFAULTS); `encoders:` limits the
-run to some encoders (default: every encoder), so a benchmark can run the whole zoo on a few
-encoders and a few models on every encoder instead of the full product. It is not a training
-parameter: changing it adds or drops jobs and reruns none. `models` may also be a
-plain list of names (all defaults). The registry is the only list of models: the config schema
-does not repeat it. Snakemake merges nested dicts of a second config file into the first, so a
-cohort file that gives `models` as a dict adds to the default's models; a list replaces them.
+(slidemil.mil.models, `build_mil`) and any training key; `encoders:` limits the run to some
+encoders (default: every encoder), so a benchmark can run the whole zoo on a few encoders and a
+few models on every encoder instead of the full product. It is not a training parameter: changing
+it adds or drops jobs and reruns none. `models` may also be a plain list of names (all defaults).
+The registry is the only list of models: planning reads it through slidemil.plan.registered, and
+the job checks the values only building the model can check (`check_model_values`). Snakemake
+merges nested dicts of a second config file into the first, so a cohort file that gives `models`
+as a dict adds to the default's models; a list replaces them.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
-TRAIN_DEFAULTS: dict[str, Any] = {"epochs": 40, "lr": 2e-4, "weight_decay": 1e-4, "mirank": False,
-                                  "mirank_k": 10, "mirank_weight": 0.1}
-BLOCK_ONLY = ("models", "device")  # keys of the `mil` block that are not training params
+from slidemil.config import MilConfig, MilTrain, from_block
+
+TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(MilTrain))
+BUILD_ARGS = ("in_dim", "n_classes")  # constructor arguments the job gives, never the config
+RUN_ONLY = ("model", "encoders")  # keys of a run's block that are neither training keys nor model parameters
 
 
-def model_blocks(mil: dict[str, Any]) -> dict[str, dict[str, Any]]:
+@dataclass(frozen=True)
+class MilRun:
+    """One run of `mil.models`: the registered model it trains, its training keys and constructor parameters."""
+
+    name: str
+    model: str
+    train: MilTrain
+    model_params: dict
+    device: str
+
+    def params(self) -> dict[str, Any]:
+        """The mil job's --params (slidemil.mil.job): flat, as slidemil.mil.train.split_params reads them."""
+        return {**dataclasses.asdict(self.train), **self.model_params, "device": self.device, "model": self.model}
+
+
+def model_blocks(mil: dict[str, Any] | MilConfig) -> dict[str, dict[str, Any]]:
     """`mil.models` as {name: block}; a list of names gives empty blocks."""
-    models = mil.get("models") or {}
+    models = (mil.models if isinstance(mil, MilConfig) else mil.get("models")) or {}
     if isinstance(models, (list, tuple)):
         return {str(m): {} for m in models}
     return {str(m): dict(block or {}) for m, block in models.items()}
 
 
+def mil_run(mil: MilConfig, name: str) -> MilRun:
+    """Run `name`: the block's training keys over the top level's, the rest constructor parameters."""
+    block = model_blocks(mil)[name]
+    train = dataclasses.replace(MilTrain(**{k: getattr(mil, k) for k in TRAIN_KEYS}),
+                                **{k: v for k, v in block.items() if k in TRAIN_KEYS})
+    params = {k: v for k, v in block.items() if k not in TRAIN_KEYS and k not in RUN_ONLY}
+    return MilRun(name, str(block.get("model", name)), train, params, mil.device)
+
+
 def run_params(mil: dict[str, Any], name: str) -> dict[str, Any]:
-    """The flat params of run `name` (+ `device`, and `model`: the registered model it trains):
-    top-level keys overridden by the run's block."""
-    top = {k: v for k, v in mil.items() if k != "models"}
-    block = {k: v for k, v in model_blocks(mil).get(name, {}).items() if k != "encoders"}
-    return {**top, **block, "model": block.get("model", name)}
+    """The flat params of run `name` of a `mil` block given as a dict (strictly loaded)."""
+    return mil_run(from_block(MilConfig, mil, "mil"), name).params()
 
 
-def mil_grid(mil: dict[str, Any], encoders: list[str]) -> dict[str, list[str]]:
+def mil_runs(mil: MilConfig, n_classes: int) -> dict[str, MilRun]:
+    """Every run, checked against the registry as the source declares it (no torch): the model is
+    registered, every key of its block is a training key or a constructor parameter, and `mirank`
+    is asked only of models with instance logits on two classes.
+
+    Raises ValueError naming config key mil.models.<run>."""
+    from slidemil.plan.registered import mil_models
+
+    registered = mil_models()
+    blocks = model_blocks(mil)
+    if not blocks:
+        raise ValueError("config mil.models names no model")
+    runs = {}
+    for name in blocks:
+        run = mil_run(mil, name)
+        if run.model not in registered:
+            raise ValueError(f"config mil.models.{name}: unknown model {run.model!r}; registered: {sorted(registered)}")
+        accepted = sorted(set(registered[run.model].params) - set(BUILD_ARGS))
+        bad = set(run.model_params) - set(accepted)
+        if bad:
+            raise ValueError(f"config mil.models.{name}: unknown keys {sorted(bad)}; model parameters: "
+                             f"{accepted}; training keys: {sorted(TRAIN_KEYS)}")
+        if run.train.mirank:
+            if not registered[run.model].attrs.get("has_instance_logits"):
+                with_logits = sorted(m for m, r in registered.items() if r.attrs.get("has_instance_logits"))
+                raise ValueError(f"config mil.models.{name}: mirank needs instance logits, which {run.model} has "
+                                 f"not (models with them: {with_logits})")
+            if n_classes != 2:
+                raise ValueError(f"config mil.models.{name}: mirank needs two classes, got {n_classes}")
+        runs[name] = run
+    return runs
+
+
+def check_model_values(run: str, model: str, model_params: dict[str, Any], n_classes: int) -> None:
+    """Build the model on a tiny input width: a value only its constructor can judge (a hidden size
+    that is not a multiple of the heads) fails here, naming the config key, before any training."""
+    from slidemil.mil.models import build_mil
+
+    try:
+        build_mil(model, 8, n_classes, **model_params)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"config mil.models.{run}: {e}") from e
+
+
+def mil_grid(mil: dict[str, Any] | MilConfig, encoders: list[str]) -> dict[str, list[str]]:
     """{run: the encoders it is trained on}: the block's `encoders` (in `encoders`' order), else all.
 
     Raises ValueError naming the run when it lists an encoder the config does not have."""
@@ -67,46 +135,3 @@ def mil_grid(mil: dict[str, Any], encoders: list[str]) -> dict[str, list[str]]:
                              f"(encoders and pretrain entries: {list(encoders)})")
         grid[run] = [e for e in encoders if e in set(map(str, chosen))]
     return grid
-
-
-def check_mil_config(mil: dict[str, Any], n_classes: int = 2) -> dict[str, str]:
-    """Check the `mil` block; return {run: its run params as JSON} (the `mil` rule's --params).
-
-    Raises ValueError naming the run and key when a block cannot be built.
-
-    Checks, per model: it is registered; every key of its block is a training key or a parameter
-    of its constructor; `mirank: true` only for models with instance logits and binary tasks; and
-    the model builds with these parameters (on a tiny input width, so bad values fail here, before
-    any job runs).
-    """
-    from slidemil.mil.models import MIL_MODELS, build_mil, model_params
-
-    blocks = model_blocks(mil)
-    if not blocks:
-        raise ValueError("config mil.models names no model")
-    unknown_top = set(mil) - set(BLOCK_ONLY) - set(TRAIN_DEFAULTS)
-    if unknown_top:
-        raise ValueError(f"config mil: unknown keys {sorted(unknown_top)}; model parameters belong in "
-                         f"the model's block under mil.models; training keys: {sorted(TRAIN_DEFAULTS)}")
-    for run, block in blocks.items():
-        name = str(block.pop("model", run))
-        block.pop("encoders", None)
-        if name not in MIL_MODELS:
-            raise ValueError(f"config mil.models.{run}: unknown model {name!r}; registered: {sorted(MIL_MODELS)}")
-        accepted = model_params(name)
-        bad = set(block) - set(accepted) - set(TRAIN_DEFAULTS)
-        if bad:
-            raise ValueError(f"config mil.models.{run}: unknown keys {sorted(bad)}; model parameters: "
-                             f"{sorted(accepted)}; training keys: {sorted(TRAIN_DEFAULTS)}")
-        if run_params(mil, run).get("mirank"):
-            if not MIL_MODELS[name].has_instance_logits:
-                with_logits = sorted(m for m, c in MIL_MODELS.items() if c.has_instance_logits)
-                raise ValueError(f"config mil.models.{run}: mirank needs instance logits, which {name} has not "
-                                 f"(models with them: {with_logits})")
-            if n_classes != 2:
-                raise ValueError(f"config mil.models.{run}: mirank needs two classes, got {n_classes}")
-        try:
-            build_mil(name, 8, n_classes, **{k: v for k, v in block.items() if k in accepted})
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"config mil.models.{run}: {e}") from e
-    return {run: json.dumps(run_params(mil, run), sort_keys=True) for run in blocks}
