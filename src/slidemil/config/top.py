@@ -44,7 +44,7 @@ def load_config(config: dict[str, Any]) -> Config:
     """The typed config; an unknown key anywhere is a ValueError naming its block and the known keys."""
     flat = {k: v for k, v in config.items() if k not in ENTRY_BLOCKS}
     flat["encoders"] = []  # a placeholder for the strict check of the other blocks
-    cfg = from_block(Config, flat, "config")
+    cfg = from_block(Config, flat, "")
     encoders = [from_block(EncoderSpec, e, f"encoders[{i}]") for i, e in enumerate(config.get("encoders") or [])]
     hnm = {str(n): HNMParams.from_dict(e or {}, f"hnm.{n}") for n, e in (config.get("hnm") or {}).items()}
     return dataclasses.replace(cfg, encoders=encoders, pretrain=entries(PretrainParams, config.get("pretrain"), "pretrain"),
