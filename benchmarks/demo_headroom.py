@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     import yaml
 
-    from slidemil.encoders.embed import EncoderSpec
+    from slidemil.config import EncoderSpec
 
     logging.basicConfig(level=logging.ERROR)
     torch.set_num_threads(a.threads)

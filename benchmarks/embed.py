@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pretrain import synthetic_store  # noqa: E402
 
-from slidemil.encoders.embed import autocast_for, embed_slide, pick_device  # noqa: E402
+from slidemil.device import resolve_device  # noqa: E402
+from slidemil.encoders.embed import autocast_for, embed_slide  # noqa: E402
 from slidemil.encoders import EncoderSpec, build_encoder  # noqa: E402
 
 
@@ -44,7 +45,7 @@ def main() -> None:
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "slidemil-bench" / "embed"))
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    dev = pick_device(a.device)
+    dev = resolve_device(a.device)
     depth = a.depth if a.depth is not None else (3 if a.arch.startswith("resnet") and a.tile <= 64 else None)
     size = a.size or (a.tile if a.arch.startswith("resnet") else None)
     spec = EncoderSpec("bench", arch=a.arch, depth=depth, input_size=size, batch_size=a.batch, workers=a.workers,

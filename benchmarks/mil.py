@@ -70,7 +70,8 @@ def _child(mode: str, model: str, cache: str, ids: list[str], dim: int, device: 
 
     from slidemil.mil.models import build_mil
     from slidemil.mil.params import TRAIN_DEFAULTS
-    from slidemil.mil.train import FeatureStoreBags, Standardized, resolve_device
+    from slidemil.device import resolve_device
+    from slidemil.mil.train import FeatureStoreBags, Standardized
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from slidemil.encoders.embed import pick_device  # noqa: E402
+from slidemil.device import resolve_device  # noqa: E402
 from slidemil.slides.graph import save_graph  # noqa: E402
 from slidemil.ssl.pretrain import PretrainParams, build_model, make_optimizer, pair_views  # noqa: E402
 from slidemil.ssl.augment import AugmentParams, BatchAugment  # noqa: E402
@@ -91,7 +91,7 @@ def main() -> None:
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "slidemil-bench" / "pretrain"))
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    dev = pick_device(a.device)
+    dev = resolve_device(a.device)
     params = PretrainParams(objective=a.objective, sampler=a.sampler, backbone=a.backbone, depth=a.depth,
                             input_size=a.size, batch_size=a.batch, workers=a.workers, precision=a.precision,
                             tiles_per_epoch=a.batch * (a.steps + 2))

@@ -3,7 +3,9 @@ import pytest
 import torch
 import zarr
 
-from slidemil.encoders.embed import ENCODERS, EncoderSpec, build_encoder, embed_slide
+from slidemil.config import EncoderSpec
+from slidemil.encoders import ENCODERS, build_encoder
+from slidemil.encoders.embed import embed_slide
 from slidemil.slides.store import atomic_dir, create_tile_arrays, read_features, write_index_arrays
 
 

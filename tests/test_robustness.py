@@ -260,7 +260,8 @@ def test_no_tissue_gives_one_warning_and_an_empty_store_downstream_skips(bad_sli
 
 
 def test_embed_passes_status_on_and_mil_skips_failed_and_empty_bags(tmp_path, caplog):
-    from slidemil.encoders.embed import EncoderSpec, embed_slide
+    from slidemil.config import EncoderSpec
+    from slidemil.encoders.embed import embed_slide
     from slidemil.slides.failures import write_failed_store
     from slidemil.cohorts.folds import fold_table
     from slidemil.mil.train import run_fold

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from slidemil.encoders import (ENCODERS, IMAGENET_MEAN, IMAGENET_STD, EncoderSpec, build_encoder, get_entry,  # noqa: F401
-                               register_encoder)
+from slidemil.device import resolve_device
+from slidemil.encoders import IMAGENET_MEAN, IMAGENET_STD, EncoderSpec, build_encoder, get_entry
 from slidemil.slides.store import open_tiles, write_features
 
 log = logging.getLogger(__name__)
@@ -33,14 +33,6 @@ def preprocess(tiles: np.ndarray | torch.Tensor, input_size: int, mean=IMAGENET_
     m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
     s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
     return ((x - m) / s).contiguous(memory_format=torch.channels_last)
-
-
-def pick_device(requested: str = "auto") -> torch.device:
-    if requested in ("auto", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda")
-    if requested == "cuda":
-        log.warning("CUDA requested but not available; running on CPU")
-    return torch.device("cpu")
 
 
 class TileBatches(torch.utils.data.Dataset):
@@ -79,7 +71,7 @@ def embed_slide(tiles_path: str | Path, out: str | Path, spec: EncoderSpec, seed
     """Embed every tile of a store and write features/{encoder}/{slide}.zarr. Returns N."""
     from tqdm import tqdm
 
-    dev = pick_device(device)
+    dev = resolve_device(device)
     entry = get_entry(spec.arch)
     size, precision = spec.input_size or entry.input_size, spec.precision or entry.precision  # None: the entry's
     g = open_tiles(tiles_path)

@@ -17,8 +17,6 @@ def mine_job(params: dict, features_dir: str | Path, folds: str | Path, samples:
     from slidemil.hnm.mining import HNMParams, mine_round
 
     torch.set_num_threads(threads)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     return mine_round(features_dir, folds, samples, fold, HNMParams.from_dict(params), classes, out_dir, seed,
                       round_, previous_dir=previous_dir or None, device=device)
 

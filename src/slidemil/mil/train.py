@@ -23,7 +23,7 @@ import sys
 from contextlib import contextmanager
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -35,12 +35,12 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from slidemil import __version__
-from slidemil.config import MilTrain
+from slidemil.device import resolve_device
 from slidemil.evaluate.metrics import auc
 from slidemil.mil.bag import Bag
 from slidemil.mil.losses.mirank import pair_loss
 from slidemil.mil.models import MIL_MODELS, MilOutput, build_mil
-from slidemil.mil.params import TRAIN_KEYS
+from slidemil.mil.params import TRAIN_DEFAULTS
 
 log = logging.getLogger(__name__)
 
@@ -127,19 +127,6 @@ class MilResult:
     skipped: list[str] = field(default_factory=list)  # slides with empty bags
 
 
-def resolve_device(device: str) -> torch.device:
-    """'cuda' when asked for and present, else CPU; logged so a silent CPU fallback is visible."""
-    if device.startswith("cuda") and torch.cuda.is_available():
-        dev = torch.device(device)
-        log.info("MIL training on %s (%s)", dev, torch.cuda.get_device_name(dev))
-    else:
-        if device.startswith("cuda"):
-            log.warning("device %r requested but CUDA is not available: training on CPU", device)
-        dev = torch.device("cpu")
-        log.info("MIL training on CPU with %d thread(s)", torch.get_num_threads())
-    return dev
-
-
 @contextmanager
 def deterministic(seed: int, device: torch.device) -> Iterator[None]:
     """Seed torch; on CUDA also switch on deterministic kernels, restoring the global setting afterwards.
@@ -165,10 +152,9 @@ def deterministic(seed: int, device: torch.device) -> Iterator[None]:
 
 
 def split_params(model: str, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(training params, model constructor params); a training key not given takes slidemil.config.MilTrain's
-    default, the model's own defaults stand."""
-    train = asdict(MilTrain(**{k: v for k, v in params.items() if k in TRAIN_KEYS}))
-    return train, {k: v for k, v in params.items() if k not in TRAIN_KEYS}
+    """(training params with defaults, model constructor params); the model's own defaults stand."""
+    train = {**TRAIN_DEFAULTS, **{k: v for k, v in params.items() if k in TRAIN_DEFAULTS}}
+    return train, {k: v for k, v in params.items() if k not in TRAIN_DEFAULTS}
 
 
 class Standardized(nn.Module):

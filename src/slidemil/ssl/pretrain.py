@@ -7,9 +7,10 @@ atomically after every epoch (`<out dir>/checkpoints/last.pt`); a restarted job 
 resumes from it and ends with the same weights as an uninterrupted run: every epoch re-seeds
 torch and the augmentation generator from (seed, epoch), and pairs are drawn per (seed, epoch, item).
 
-Scopes (DESIGN.md "Encoders, folds and scopes"): `all` trains once on every slide's tiles without
-labels (transductive: test tiles are seen, never their labels); `fold{k}` trains on the training
-slides of fold k only, the only scope allowed for objectives that use slide labels.
+Scopes: `all` trains once on every slide's tiles without labels (transductive, as DSMIL and
+HNM-WSI do with SimCLR: test tiles are seen, never their labels); `fold{k}` trains on the training
+slides of fold k only, the only scope allowed for objectives that use slide labels, so their
+features are per fold too and each fold's MIL job reads the scope its encoder was trained on.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slidemil.config import PretrainParams
+from slidemil.device import resolve_device
 from slidemil.encoders import EncoderSpec, get_entry, load_checkpoint
 from slidemil.files import atomic_path, write_text
 from slidemil.ssl.augment import AugmentParams, BatchAugment
@@ -207,10 +209,8 @@ def pretrain(sources: list[SlideSource], params: PretrainParams, out: str | Path
     dataset: pairs chosen by the caller instead of the sampler's (hard-negative mining's mined
     tiles, slidemil.hnm.mining); its `digest()` joins the resume key.
     """
-    from slidemil.encoders.embed import pick_device
-
     out = Path(out)
-    dev = pick_device(device)
+    dev = resolve_device(device)
     rank, w = world()
     if w > 1 and dev.type == "cuda":  # torchrun: one process per GPU
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
