@@ -76,9 +76,8 @@ def _module_names(path: Path, stamp: tuple[int, int]) -> dict[str, _Class | Path
             names[node.name] = _Class(module, node, path)
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
             source = _module_file(PACKAGE_DIR, node.module)
-            for alias in node.names:
-                if source is not None:
-                    names[alias.asname or alias.name] = source
+            if source is not None:
+                names.update({alias.asname or alias.name: source for alias in node.names})
     return names
 
 
