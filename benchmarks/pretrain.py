@@ -111,7 +111,7 @@ def main() -> None:
         opt.step()
 
     # (a) full pipeline
-    ds = PairDataset(sources, build_sampler(a.sampler, radius=1) if a.sampler != "augment" else build_sampler("augment"),
+    ds = PairDataset(sources, build_sampler(a.sampler, offered={"radius": 1}),
                      a.batch, params.tiles_per_epoch, 0)
     ds.set_epoch(0)
     loader = torch.utils.data.DataLoader(ds, batch_size=a.batch, drop_last=True, num_workers=a.workers,
