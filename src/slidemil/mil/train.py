@@ -23,7 +23,7 @@ import sys
 from contextlib import contextmanager
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -36,11 +36,12 @@ from tqdm import tqdm
 
 from slidemil import __version__
 from slidemil.device import resolve_device
+from slidemil.config import MilTrain
 from slidemil.evaluate.metrics import auc
 from slidemil.mil.bag import Bag
 from slidemil.mil.losses.mirank import pair_loss
 from slidemil.mil.models import MIL_MODELS, MilOutput, build_mil
-from slidemil.mil.params import TRAIN_DEFAULTS
+from slidemil.mil.params import TRAIN_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -152,9 +153,10 @@ def deterministic(seed: int, device: torch.device) -> Iterator[None]:
 
 
 def split_params(model: str, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(training params with defaults, model constructor params); the model's own defaults stand."""
-    train = {**TRAIN_DEFAULTS, **{k: v for k, v in params.items() if k in TRAIN_DEFAULTS}}
-    return train, {k: v for k, v in params.items() if k not in TRAIN_DEFAULTS}
+    """(training params, model constructor params); a training key not given takes slidemil.config.MilTrain's
+    default, the model's own defaults stand."""
+    train = asdict(MilTrain(**{k: v for k, v in params.items() if k in TRAIN_KEYS}))
+    return train, {k: v for k, v in params.items() if k not in TRAIN_KEYS}
 
 
 class Standardized(nn.Module):
