@@ -27,11 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from slidemil.device import resolve_device  # noqa: E402
 from slidemil.slides.graph import save_graph  # noqa: E402
-from slidemil.ssl.pretrain import PretrainParams, build_model, make_optimizer, pair_views  # noqa: E402
+from slidemil.ssl.pretrain import (PretrainParams, build_model, build_objective_and_sampler,  # noqa: E402
+                                   make_optimizer, pair_views)
 from slidemil.ssl.augment import AugmentParams, BatchAugment  # noqa: E402
 from slidemil.ssl.data import PairDataset, SlideSource  # noqa: E402
-from slidemil.ssl.losses import build_objective  # noqa: E402
-from slidemil.ssl.samplers import build_sampler  # noqa: E402
 from slidemil.slides.store import atomic_dir, create_tile_arrays, write_index_arrays  # noqa: E402
 
 
@@ -98,7 +97,7 @@ def main() -> None:
     sources = cohort(Path(a.cache), a.slides, a.tiles, a.tile)
     model, _ = build_model(params, 0)
     model = model.to(dev).to(memory_format=torch.channels_last).train()
-    objective = build_objective(a.objective)
+    objective, sampler = build_objective_and_sampler(params)
     opt = make_optimizer(params, model)
     aug = BatchAugment(AugmentParams(), a.size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     g = torch.Generator().manual_seed(0)
@@ -111,8 +110,7 @@ def main() -> None:
         opt.step()
 
     # (a) full pipeline
-    ds = PairDataset(sources, build_sampler(a.sampler, offered={"radius": 1}),
-                     a.batch, params.tiles_per_epoch, 0)
+    ds = PairDataset(sources, sampler, a.batch, params.tiles_per_epoch, 0)
     ds.set_epoch(0)
     loader = torch.utils.data.DataLoader(ds, batch_size=a.batch, drop_last=True, num_workers=a.workers,
                                          pin_memory=dev.type == "cuda", prefetch_factor=4 if a.workers else None)

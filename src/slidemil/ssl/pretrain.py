@@ -38,8 +38,8 @@ from slidemil.files import atomic_path, write_text
 from slidemil.ssl.augment import AugmentParams, BatchAugment
 from slidemil.ssl.data import PairDataset, SlideSource
 from slidemil.ssl.losses import OBJECTIVES, build_objective
-from slidemil.ssl.losses.base import HeadSpec
-from slidemil.ssl.samplers import build_sampler
+from slidemil.ssl.losses.base import HeadSpec, Objective
+from slidemil.ssl.samplers import PairSampler, build_sampler
 
 log = logging.getLogger(__name__)
 FORMAT = "slidemil-encoder"
@@ -97,6 +97,16 @@ class SSLNet(nn.Module):
 def resolve_head(params: PretrainParams) -> HeadSpec:
     base = OBJECTIVES[params.objective].default_head
     return dataclasses.replace(base, **params.head)
+
+
+def build_objective_and_sampler(params: PretrainParams) -> tuple[Objective, PairSampler]:
+    """The entry's registered objective and pair sampler, built by signature: the objective gets its
+    objective_args and, when it names `out_dim`, the projection head's width; the sampler the entry's
+    fields it names (radius, p, ...)."""
+    objective = build_objective(params.objective, offered={"out_dim": resolve_head(params).out},
+                                **params.objective_args)
+    fields = {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
+    return objective, build_sampler(params.sampler, offered=fields)
 
 
 def build_model(params: PretrainParams, seed: int) -> tuple[SSLNet, int]:
@@ -217,14 +227,12 @@ def pretrain(sources: list[SlideSource], params: PretrainParams, out: str | Path
         torch.cuda.set_device(dev)
     if params.batch_size % w:
         raise ValueError(f"batch_size {params.batch_size} is not divisible by the {w} processes")
-    objective = build_objective(params.objective, offered={"out_dim": resolve_head(params).out},
-                                **params.objective_args).to(dev)
+    objective, sampler = build_objective_and_sampler(params)
+    objective.to(dev)
     if objective.uses_labels and any(s.label is None or s.label < 0 for s in sources):
         raise ValueError(f"objective {params.objective} needs a label for every slide")
     entry = get_entry(params.backbone)
     size = params.input_size or entry.input_size
-    fields = {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
-    sampler = build_sampler(params.sampler, offered=fields)  # with the entry's fields it names (radius, p)
     balance = params.balance_labels if params.balance_labels is not None else objective.uses_labels
     ds = dataset if dataset is not None else PairDataset(sources, sampler, params.batch_size, params.tiles_per_epoch,
                                                          seed, balance_labels=balance)
