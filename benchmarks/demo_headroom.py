@@ -10,7 +10,7 @@ results/mil, so it runs whatever MIL layout the workflow writes:
    with its own head on the test tiles;
    both tile AUCs are the mean over folds of each fold's test-tile AUC (each fold has its own
    model; the AUC of all folds' scores pooled is reported beside it as `*_pooled_all`);
-3. slide level: gated ABMIL and mean pooling (slidemil.mil.train.train_mil, model selection on
+3. slide level: gated ABMIL and mean pooling (slidemil.mil.loop.train_mil, model selection on
    the validation slides only) on both feature sets, test predictions pooled over folds and seeds.
 
 Tile labels: a tile is tumour when its centre lies in the demo's tumour GeoJSON
@@ -241,7 +241,7 @@ def mil_auc(bags_per_fold: dict[int, dict[str, np.ndarray]], labels: dict[str, i
             params: dict, seeds: list[int]) -> dict[str, object]:
     """Slide AUC of `model`: test predictions pooled over folds (per seed) and over folds x seeds."""
     from slidemil.evaluate.metrics import auc_binary
-    from slidemil.mil.train import train_mil
+    from slidemil.mil.loop import train_mil
 
     per_seed, ys_all, ps_all = [], [], []
     for seed in seeds:

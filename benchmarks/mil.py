@@ -12,11 +12,11 @@ measure it; the time ratio only gets steadier with more.
 Writes (once, cached under --cache) --bags synthetic feature stores of --tiles x --dim float16
 features on a raster tile grid, half of them labelled positive, with slidemil.slides.store.write_features
 (the `embed` stage's writer). Then, for each model (gated ABMIL, TransMIL, SRMIL by default, at
-their authors' sizes), one training epoch over every bag with slidemil.mil.train.train_epoch (the
+their authors' sizes), one training epoch over every bag with slidemil.mil.loop.train_epoch (the
 `mil` stage's loop) in two modes, each in a fresh child process:
 
   memory  every bag read into RAM first (not timed), then the epoch
-  stream  slidemil.mil.train.FeatureStoreBags with cache_mb=0: each bag read from its store when
+  stream  slidemil.mil.data.FeatureStoreBags with cache_mb=0: each bag read from its store when
           the loop needs it (the next bag is read by a background thread while the current trains)
 
 Figures per (model, mode): epoch wall time (best of --repeat; modes interleaved), CPU time, and
@@ -28,6 +28,7 @@ Last line: one JSON object.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing as mp
 import resource
@@ -69,9 +70,9 @@ def _child(mode: str, model: str, cache: str, ids: list[str], dim: int, device: 
     import torch
 
     from slidemil.mil.models import build_mil
-    from slidemil.mil.params import TRAIN_DEFAULTS
+    from slidemil.config import MilTrain
     from slidemil.device import resolve_device
-    from slidemil.mil.train import FeatureStoreBags, Standardized
+    from slidemil.mil.data import FeatureStoreBags, Standardized
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -83,14 +84,14 @@ def _child(mode: str, model: str, cache: str, ids: list[str], dim: int, device: 
     labels = {sid: i % 2 for i, sid in enumerate(ids)}
     net = Standardized(build_mil(model, dim, 2), np.zeros(dim), np.ones(dim)).to(dev)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-4)
-    from slidemil.mil.train import train_epoch
+    from slidemil.mil.loop import train_epoch
 
     steps = [[sid] for sid in ids]
     if dev.type == "cuda":
         torch.cuda.synchronize()
     before = _rss_mb()  # torch, the model and its optimiser (+ the bags in memory mode), before the epoch
     wall, cpu = time.perf_counter(), time.process_time()
-    train_epoch(net, opt, store, steps, labels, TRAIN_DEFAULTS, dev)
+    train_epoch(net, opt, store, steps, labels, dataclasses.asdict(MilTrain()), dev)
     if dev.type == "cuda":
         torch.cuda.synchronize()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu

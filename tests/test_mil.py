@@ -14,13 +14,26 @@ import torch
 from slidemil.cohorts.folds import fold_table
 from slidemil.evaluate.metrics import auc
 from slidemil.mil.models import MIL_MODELS, build_mil
-from slidemil.mil.train import load_mil, run_fold, train_mil
+from slidemil.mil.data import Standardized
+from slidemil.mil.loop import train_mil
+from slidemil.mil.run import run_fold
 from slidemil.slides.store import write_features
 
 FAST = {"epochs": 8, "lr": 1e-2, "hidden": 16, "dropout": 0.0}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def load_mil(path: str | Path) -> tuple[torch.nn.Module, dict]:
+    """A trained model from model.pt (standardisation included), in eval mode, and its config: model.pt
+    holds all it needs."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    cfg = ckpt["config"]
+    inner = build_mil(cfg["model"], cfg["in_dim"], cfg["n_classes"], **cfg["model_params"])
+    net = Standardized(inner, np.zeros(cfg["in_dim"]), np.ones(cfg["in_dim"]))
+    net.load_state_dict(ckpt["state_dict"])
+    return net.eval(), cfg
 
 
 def make_bags(seed: int, n_train: int = 40, n_val: int = 12, n_test: int = 24, d: int = 16,
@@ -110,7 +123,7 @@ def test_same_seed_same_predictions_and_test_labels_unused():
 def test_graph_and_grid_models_are_reproducible_on_cpu(model):
     # CPU runs skip torch's deterministic-algorithms switch (slow to import): the scatter (SRMIL's
     # GAT) and padding/attention (TransMIL) kernels must still give identical runs for one seed.
-    from slidemil.mil.train import SlideBag
+    from slidemil.mil.data import SlideBag
 
     arrays, labels, roles = make_bags(4, n_train=6, n_val=2, n_test=2, d=8)
     bags = {s: SlideBag(x, grid=np.stack([np.arange(len(x)) % 12, np.arange(len(x)) // 12], 1))
@@ -230,18 +243,18 @@ def test_mil_grid_limits_a_run_to_its_encoders_without_changing_its_params():
 
 
 def test_dsmil_with_mirank_trains_on_positive_negative_pairs(monkeypatch):
-    import slidemil.mil.train as train
+    import slidemil.mil.loop as loop
 
     bags, labels, roles = make_bags(4, n_train=10, n_val=4, n_test=4)
     seen = []
-    real = train._steps
+    real = loop.epoch_steps
 
     def spy(*args):
         steps = real(*args)
         seen.append(steps)
         return steps
 
-    monkeypatch.setattr(train, "_steps", spy)
+    monkeypatch.setattr(loop, "epoch_steps", spy)
     res = train_mil(bags, labels, roles, "dsmil", 2, {"epochs": 2, "lr": 1e-3, "mirank": True}, seed=0)
     assert len(seen) == 2 and all(len(s) == 5 for s in seen)  # min(#pos, #neg) pairs per epoch
     assert all(labels[a] == 1 and labels[b] == 0 for steps in seen for a, b in steps)
@@ -254,7 +267,7 @@ def test_run_fold_streams_bags_with_graphs_for_srmil(tmp_path):
     """SRMIL through run_fold: grid from the stores, the workflow's radius-1 graphs, a 0 MB cache (every
     bag re-read each epoch) predicts exactly as the all-in-memory cache."""
     from slidemil.slides.graph import save_graph
-    from slidemil.mil.train import FeatureStoreBags
+    from slidemil.mil.data import FeatureStoreBags
 
     bags, labels, _ = make_bags(1, n_train=12, n_val=0, n_test=0, d=8)
     classes = ["normal", "tumor"]

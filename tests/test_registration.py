@@ -15,7 +15,7 @@ from torch import nn
 from slidemil.cohorts.folds import fold_table
 from slidemil.mil.models import MIL_MODELS, MILModel, MilOutput, register_mil
 from slidemil.mil.models.base import bag_features
-from slidemil.mil.train import run_fold
+from slidemil.mil.run import run_fold
 from slidemil.slides.store import write_features
 from slidemil.ssl.data import SlideSource
 from slidemil.ssl.losses import OBJECTIVES, Objective, register_objective

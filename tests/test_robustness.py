@@ -264,7 +264,7 @@ def test_embed_passes_status_on_and_mil_skips_failed_and_empty_bags(tmp_path, ca
     from slidemil.encoders.embed import embed_slide
     from slidemil.slides.failures import write_failed_store
     from slidemil.cohorts.folds import fold_table
-    from slidemil.mil.train import run_fold
+    from slidemil.mil.run import run_fold
     from slidemil.slides.store import write_features
 
     write_failed_store(tmp_path / "tiles/broken.zarr", "broken", "broken.svs: file is empty", 32)

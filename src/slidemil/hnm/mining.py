@@ -3,7 +3,7 @@
 Per run (config `hnm`, name: params), fold k and round t = 1..rounds:
 
 1. `mine_round`: DSMIL + MIRank trained on the round-(t-1) features of fold k's training slides,
-   the epoch selected on its validation slides (slidemil.mil.train); every tile of the training
+   the epoch selected on its validation slides (slidemil.mil.loop); every tile of the training
    slides scored (sigmoid of the instance logit); the gate: the round's scores become the pseudo
    labels only if the validation metric did not drop below the best of the earlier rounds (else
    the last accepted ones stay). Writes pseudo_labels.npz and gate.json.
@@ -146,26 +146,13 @@ def mine_round(features_dir: str | Path, folds_csv: str | Path, samples_tsv: str
     import torch
 
     from slidemil.files import atomic_path, write_text
-    from slidemil.mil.train import FeatureStoreBags, train_mil
-    from slidemil.cohorts.sheet import read_sheet
+    from slidemil.mil.data import fold_bags
+    from slidemil.mil.loop import train_mil
 
     out_dir = Path(out_dir)
-    table = pd.read_csv(folds_csv, dtype={"slide_id": str})
-    table = table[(table["fold"] == fold) & table["role"].isin(["train", "val"])]
-    if table.empty:
-        raise ValueError(f"{folds_csv}: fold {fold} has no training slides")
-    sheet = read_sheet(samples_tsv).set_index("slide_id")
-    store = FeatureStoreBags(features_dir, list(table["slide_id"]))
-    labels, roles = {}, {}
-    for sid, role in zip(table["slide_id"], table["role"]):
-        if store.shape(sid)[0] == 0:
-            log.warning("slide %s has no tiles: left out of mining", sid)
-            continue
-        label = str(sheet.at[sid, "label"])
-        if label not in classes:
-            raise ValueError(f"{samples_tsv}: slide {sid} label {label!r} is not one of the classes {classes}")
-        labels[sid], roles[sid] = classes.index(label), role
-    result = train_mil(store, labels, roles, "dsmil", 2, params.mil_params(), seed, device)
+    fb = fold_bags(features_dir, folds_csv, samples_tsv, fold, classes, roles=("train", "val"))
+    labels, roles = fb.labels, fb.roles
+    result = train_mil(fb.bags, labels, roles, "dsmil", 2, params.mil_params(), seed, device)
     train_ids = [s for s in sorted(roles) if roles[s] == "train"]
     val_ids = [s for s in sorted(roles) if roles[s] == "val"]
     prev_gate = json.loads((Path(previous_dir) / "gate.json").read_text()) if previous_dir else None

@@ -1,2 +1,3 @@
-"""MIL slide classifiers (registry in `models`), their losses, bags, the training loop (`train`) and the
-`mil` config block's runs (`params`, torch-free: planning imports it)."""
+"""MIL slide classifiers (registry in `models`), their losses, bags (`bag`, `data`), the training loop
+(`loop`), one fold's run and its outputs (`run`) and the `mil` config block's runs (`params`,
+torch-free: planning imports it)."""

@@ -15,7 +15,7 @@ def mil_job(run: str, params: dict, features_dir: str | Path, folds: str | Path,
 
     tune_heap()  # allocator settings that keep peak RSS near the live tensors: before torch is imported
     from slidemil.mil.params import TRAIN_KEYS, check_model_values, run_params
-    from slidemil.mil.train import run_fold
+    from slidemil.mil.run import run_fold
 
     p = run_params(params, run) if "models" in params else dict(params)
     device = p.pop("device", "auto")
