@@ -35,7 +35,9 @@ from pretrain import synthetic_store  # noqa: E402
 
 from slidemil.encoders.embed import embed_slide  # noqa: E402
 from slidemil.encoders import EncoderSpec  # noqa: E402
-from slidemil.hnm.mining import HNMParams, finetune_round, mine_round  # noqa: E402
+from slidemil.config import HNMParams  # noqa: E402
+from slidemil.hnm.finetune import finetune_round  # noqa: E402
+from slidemil.hnm.mine import mine_round  # noqa: E402
 from slidemil.ssl.pretrain import PretrainParams, pretrain  # noqa: E402
 from slidemil.ssl.data import SlideSource  # noqa: E402
 from slidemil.slides.store import write_features  # noqa: E402

@@ -1,4 +1,4 @@
-"""Hard-negative mining (slidemil.hnm.mining): the mining quantiles, the gate, label hygiene, the loss
+"""Hard-negative mining (slidemil.hnm): the mining quantiles, the gate, label hygiene, the loss
 steps, and the workflow loop (rounds as a wildcard) on the tiny cohort."""
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import zarr
 
 from slidemil.encoders import read_state_dict
 from slidemil.config import load_config
-from slidemil.hnm.mining import (HNMParams, MinedPairs, PseudoLabels, finetune_round, gate, hard_negatives, mine_round,
-                          pseudo_positives, spl_ratio)
+from slidemil.config import HNMParams
+from slidemil.hnm.finetune import MinedPairs, finetune_round, spl_ratio
+from slidemil.hnm.mine import PseudoLabels, gate, hard_negatives, mine_round, pseudo_positives
 from slidemil.plan.catalogue import hnm_runs, round_encoders
 from slidemil.ssl.data import SlideSource
 from slidemil.ssl.losses.hnm_steps import STEP_A, STEP_B, encode_labels, hnm_steps
@@ -135,7 +136,7 @@ def _sheet(root, labels, name):
     return root / name
 
 
-def _round(root, tiles, labels, name, params=HNMParams(**TINY)):
+def _round(root, tiles, labels, name, params=HNMParams.from_dict(TINY)):
     out = root / name
     mine_round(root / "features", root / "folds.csv", _sheet(root, labels, f"{name}.tsv"), 0, params,
                ["normal", "tumour"], out, seed=0, round_=1)
@@ -157,7 +158,7 @@ def test_test_slide_labels_never_reach_mining_or_the_fine_tuned_encoder(fold, on
 
 def test_a_killed_fine_tune_resumes_to_the_same_weights(fold, one_torch_thread):
     root, tiles = fold
-    params = HNMParams(**TINY)
+    params = HNMParams.from_dict(TINY)
     mine_round(root / "features", root / "folds.csv", _sheet(root, LABELS, "s.tsv"), 0, params, ["normal", "tumour"],
                root / "r1", seed=0, round_=1)
     labels = root / "r1" / "pseudo_labels.npz"
@@ -190,7 +191,7 @@ def test_mined_pairs_plan_steps_a_then_b_after_warm_up(fold):
     rng = np.random.default_rng(0)
     scores = {s: rng.random(12).astype(np.float32) for s in [f"s{i}" for i in range(6)]}
     pl = PseudoLabels(scores, {s: LABELS[s] for s in scores}, 1)
-    p = HNMParams(**{**TINY, "neg_ratio": 0.25})
+    p = HNMParams.from_dict({**TINY, "neg_ratio": 0.25})
     ds = MinedPairs([SlideSource(s, tiles[i], None, LABELS[s]) for i, s in enumerate(scores)], pl, p, seed=0)
     neg = hard_negatives(scores, pl.labels, 0.25)
     ds.set_epoch(0)  # warm-up: both halves of a step are step A
@@ -210,7 +211,7 @@ def test_mined_pairs_plan_steps_a_then_b_after_warm_up(fold):
 
 
 def test_mining_evidence_counts_mined_negatives_inside_mimics(fold):
-    from slidemil.hnm.mining import mining_evidence
+    from slidemil.hnm.evidence import mining_evidence
 
     root, tiles = fold
     train = [f"s{i}" for i in range(6)]

@@ -14,7 +14,8 @@ def mine_job(params: dict, features_dir: str | Path, folds: str | Path, samples:
     """Round `round_` of fold `fold`: DSMIL + MIRank on the round-(t-1) features, tile scores, gate."""
     import torch
 
-    from slidemil.hnm.mining import HNMParams, mine_round
+    from slidemil.config import HNMParams
+    from slidemil.hnm.mine import mine_round
 
     torch.set_num_threads(threads)
     return mine_round(features_dir, folds, samples, fold, HNMParams.from_dict(params), classes, out_dir, seed,
@@ -27,7 +28,8 @@ def finetune_job(params: dict, tiles_dir: str | Path, samples: str | Path, pseud
     import torch
 
     from slidemil.cohorts.sheet import slide_paths
-    from slidemil.hnm.mining import HNMParams, finetune_round
+    from slidemil.config import HNMParams
+    from slidemil.hnm.finetune import finetune_round
 
     torch.set_num_threads(threads)
     return finetune_round(slide_paths(tiles_dir, samples, ".zarr"), pseudo_labels, HNMParams.from_dict(params),
@@ -45,7 +47,8 @@ def evidence_job(params: dict, round_dirs: list[str], tiles_dir: str | Path, sam
     """mining.csv: per (fold, round), do the mined hard negatives find the mimic annotations?"""
     from slidemil.cohorts.sheet import read_annotation_table, slide_paths
     from slidemil.files import atomic_path
-    from slidemil.hnm.mining import HNMParams, mining_evidence
+    from slidemil.config import HNMParams
+    from slidemil.hnm.evidence import mining_evidence
 
     tiles = {Path(t).stem: t for t in slide_paths(tiles_dir, samples, ".zarr")}
     ann = read_annotation_table(annotations)

@@ -217,7 +217,7 @@ def pretrain(sources: list[SlideSource], params: PretrainParams, out: str | Path
     sources: the slides of this scope (with labels when the objective uses them). Resumes from
     `<out dir>/checkpoints/last.pt` when it was written with the same params, seed and slides.
     dataset: pairs chosen by the caller instead of the sampler's (hard-negative mining's mined
-    tiles, slidemil.hnm.mining); its `digest()` joins the resume key.
+    tiles, slidemil.hnm.finetune); its `digest()` joins the resume key.
     """
     out = Path(out)
     dev = resolve_device(device)
