@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from slidemil.evaluate.metrics import auc_binary, binary_metrics, bootstrap_ci, label_metrics, predict
+from slidemil.evaluate.metrics import auc_binary, binary_metrics, label_metrics, predict
 
 
 def test_binary_hand_case():
@@ -76,20 +76,3 @@ def test_multiclass():
     assert m["auc"] == pytest.approx((1 + 2 / 3 + 7 / 8) / 3)
     assert m["auc"] == pytest.approx(roc_auc_score(y, prob, multi_class="ovr", average="macro"))
     assert math.isnan(m["sensitivity"]) and math.isnan(m["specificity"])  # no single positive class
-
-
-def test_bootstrap_ci():
-    rng = np.random.default_rng(1)
-    y = np.repeat([0, 1], 50)
-    prob = np.clip(0.5 * y + 0.35 + 0.3 * rng.standard_normal(100), 0, 1)
-    point = binary_metrics(y, prob)["auc"]
-    lo, hi = bootstrap_ci(y, prob, "auc", n=500, seed=0)
-    assert lo < point < hi and 0 < hi - lo < 0.3
-    assert (lo, hi) == bootstrap_ci(y, prob, "auc", n=500, seed=0)  # seeded
-    lo_f, hi_f = bootstrap_ci(y, prob, lambda a, b: binary_metrics(a, b)["f1"], n=50)
-    assert 0 <= lo_f <= hi_f <= 1
-    # Perfect separation: every defined resample has AUC 1.
-    assert bootstrap_ci(y, y.astype(float), "auc", n=200) == (1.0, 1.0)
-    # One class only: every resample undefined.
-    lo, hi = bootstrap_ci(np.ones(5, int), np.linspace(0, 1, 5), "auc", n=50)
-    assert math.isnan(lo) and math.isnan(hi)

@@ -1,4 +1,4 @@
-"""Slide-level classification metrics with bootstrap confidence intervals.
+"""Slide-level classification metrics (their bootstrap confidence intervals: slidemil.evaluate.stats).
 
 Binary tasks take prob as [N] (probability of the positive class, label 1) or [N, 2];
 multiclass tasks take prob as [N, C] (rows are class probabilities): then AUC is one-vs-rest
@@ -10,11 +10,8 @@ resample or a tiny fold cannot crash a benchmark.
 from __future__ import annotations
 
 import warnings
-from typing import Callable
 
 import numpy as np
-
-Metric = Callable[[np.ndarray, np.ndarray], float]
 
 
 def _average_ranks(x: np.ndarray) -> np.ndarray:
@@ -115,36 +112,3 @@ def binary_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float = 0.5)
     n_classes = 2 if p.ndim == 1 else p.shape[1]
     return {"auc": auc(y, p) if len(y) else float("nan"),
             **label_metrics(y, predict(p, threshold), n_classes)}
-
-
-def _metric_fn(metric: str | Metric, threshold: float = 0.5) -> Metric:
-    if callable(metric):
-        return metric
-    if metric == "auc":
-        return auc  # the fast path: no thresholded metrics computed per resample
-    if metric in ("balanced_accuracy", "f1"):
-        return lambda y, p: binary_metrics(y, p, threshold)[metric]
-    raise ValueError(f"unknown metric {metric!r}: use auc, balanced_accuracy, f1 or a callable")
-
-
-def bootstrap_ci(y_true: np.ndarray, prob: np.ndarray, metric: str | Metric, n: int = 1000,
-                 seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
-    """Percentile bootstrap (1 - alpha) CI of `metric` over slides resampled with replacement.
-
-    metric: "auc", "balanced_accuracy", "f1" or a callable (y_true [N], prob [N] or [N, C]) -> float.
-    Resamples where the metric is undefined (nan, e.g. one class drawn) are dropped;
-    (nan, nan) when none is defined.
-    """
-    fn = _metric_fn(metric)
-    y = np.asarray(y_true).astype(int).ravel()
-    p = _as_prob(prob)
-    if len(y) == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(y), size=(n, len(y)))
-    values = np.array([fn(y[i], p[i]) for i in idx], dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return float("nan"), float("nan")
-    lo, hi = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return float(lo), float(hi)

@@ -73,8 +73,3 @@ class Bag:
         if self_loops:
             src, dst = np.concatenate([src, np.arange(n)]), np.concatenate([dst, np.arange(n)])
         return torch.from_numpy(np.stack([src, dst]).astype(np.int64)).to(self.features.device)
-
-
-def as_bag(x: torch.Tensor | Bag) -> Bag:
-    """A bare feature tensor [N, D] becomes a Bag without positions."""
-    return x if isinstance(x, Bag) else Bag(features=x)

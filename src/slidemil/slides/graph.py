@@ -47,11 +47,6 @@ def save_graph(path: str | Path, grid: np.ndarray, radius: int) -> int:
     return len(indices)
 
 
-def load_graph(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(path) as z:
-        return z["indptr"], z["indices"]
-
-
 def graphs_of_stores(tiles: list[str], outs: list[str], radius: int = 1) -> None:
     """The graph job: one graph per tile store (a batch of slides per job, `graph.slides_per_job`)."""
     if len(tiles) != len(outs):
