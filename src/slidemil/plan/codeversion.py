@@ -6,7 +6,7 @@ goes stale (a stage starts importing a new module and nobody adds it), so the li
 the import closure of the stage's roots within the package, found by reading `import` statements
 (anywhere in a module, lazy imports inside functions included) with `ast`, never by importing.
 
-A root is a module path relative to the package ("mil/train.py") or a CLI entry point
+A root is a module path relative to the package ("mil/loop.py") or a CLI entry point
 ("cli:cmd_mil"). For a CLI entry only that function's source and what it imports count, so
 editing one stage's command does not rerun every stage of a cohort.
 """
