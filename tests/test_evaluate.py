@@ -10,6 +10,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from slidemil.cli import main
+from slidemil.config import EvaluateConfig
 from slidemil.evaluate.benchmark import (COMPARISON_COLUMNS, RUN_COLUMNS, SUMMARY_COLUMNS, comparison_pairs, compare,
                                evaluate_runs, parse_run_path, resolve_baselines, write_evaluation)
 
@@ -133,10 +134,10 @@ def test_default_and_configured_pairs():
         (("e3", "mean"), ("e2", "mean"), "config")]  # e3 has no abmil; the repeated pair once
     with pytest.raises(ValueError, match="e9/abmil has no predictions"):
         comparison_pairs(methods, "e1", "abmil", [{"a": "e9/abmil", "b": "e1/abmil"}])
-    assert resolve_baselines(methods, {}, ["e2", "e1"]) == ("e2", "abmil")  # config order
-    assert resolve_baselines(methods, {"baseline_model": "max"}, []) == ("e1", None)
+    assert resolve_baselines(methods, EvaluateConfig(), ["e2", "e1"]) == ("e2", "abmil")  # config order
+    assert resolve_baselines(methods, EvaluateConfig(baseline_model="max"), []) == ("e1", None)
     with pytest.raises(ValueError, match="baseline_encoder 'e7'"):
-        resolve_baselines(methods, {"baseline_encoder": "e7"}, [])
+        resolve_baselines(methods, EvaluateConfig(baseline_encoder="e7"), [])
 
 
 def test_paired_comparison_known_case(preds):

@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("graph", cmd_graph, "neighbour graphs of tile stores")
     p.add_argument("--tiles", nargs="+", required=True, help="tile stores, one per slide")
-    p.add_argument("--radius", type=int, default=1)
+    p.add_argument("--radius", type=int, required=True, help="config graph.radius")
     p.add_argument("--out", nargs="+", required=True, help="graphs (.npz), in the order of --tiles")
 
     p = add("embed", cmd_embed, "embed one tile store with a frozen encoder")
@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", required=True)
     p.add_argument("--classes", required=True, help="JSON list of class names; the first is negative")
     p.add_argument("--annotations", default=None, help="results/annotations.json (annotations-index)")
-    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--bootstrap", type=int, required=True, help="config evaluate.bootstrap")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="results/probe/{encoder}.csv")
     p = add("probe-table", cmd_probe_table, "one probe table from the per-encoder probe rows")
@@ -367,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoders", default="[]", help="JSON of config `encoders` (order and claim metadata)")
     p.add_argument("--models", default="{}", help="JSON of config `mil.models` (run parameters the claims read)")
     p.add_argument("--pretrain", default="{}", help="JSON of config `pretrain` (pretrained encoders' metadata)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+    p.add_argument("--bootstrap", type=int, required=True, help="config evaluate.bootstrap (95%% CI resamples)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     p.add_argument("--out", required=True, help="benchmark.csv: one row per (encoder, model)")
     p.add_argument("--runs-out", default=None, help="per-run rows (default: <out stem>_runs.csv beside --out)")

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
+from slidemil.config import DemoConfig
 from slidemil.files import atomic_path, write_text
 
 # Ruifrok & Johnston optical-density vectors (RGB) for haematoxylin and eosin.
@@ -45,9 +46,9 @@ LOWRES_STEP = 32  # level-0 px per cell of the region maps (tumour, mimic, tissu
 
 @dataclass(frozen=True)
 class DemoSlideSpec:
-    width: int = 4096  # level-0 pixels
-    height: int = 3072
-    mpp: float = 0.5  # microns per level-0 pixel
+    width: int = DemoConfig.width  # level-0 pixels (config `demo`, the one default)
+    height: int = DemoConfig.height
+    mpp: float = DemoConfig.mpp  # microns per level-0 pixel
     render_mpp: float = 1.0  # tissue is drawn at this resolution and upsampled (integer factor) to mpp
     tissue_fraction: float = 0.5  # of the slide area, roughly
     tumour_fraction: tuple[float, float] = (0.02, 0.2)  # of the tissue, positive slides (micro- to macro-metastasis)

@@ -40,6 +40,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from slidemil.config import EvaluateConfig, from_block
 from slidemil.files import atomic_path
 from slidemil.evaluate.metrics import binary_metrics, label_metrics, predict
 from slidemil.evaluate.stats import auc_ci, delong_test, paired_auc_bootstrap, seed_mean_auc, youden_threshold
@@ -285,19 +286,19 @@ def comparisons_table(ev: Evaluation, pairs: Sequence[tuple[Method, Method, str]
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
 
 
-def resolve_baselines(methods: Iterable[Method], params: dict[str, Any],
+def resolve_baselines(methods: Iterable[Method], params: EvaluateConfig,
                       encoder_order: Sequence[str] = ()) -> tuple[str, str | None]:
     """(baseline encoder, baseline model) from config `evaluate` (baseline_encoder: null = the first
-    benchmarked encoder in config order; baseline_model default abmil, None when not benchmarked)."""
+    benchmarked encoder in config order; the baseline model is None when it is not benchmarked)."""
     methods = set(methods)
     encoders = [e for e in encoder_order if any(m[0] == e for m in methods)]
     encoders += sorted({e for e, _ in methods} - set(encoders))
     models = {m for _, m in methods}
-    base_enc = params.get("baseline_encoder") or (encoders[0] if encoders else "")
+    base_enc = params.baseline_encoder or (encoders[0] if encoders else "")
     if methods and base_enc not in encoders:
         raise ValueError(f"config evaluate.baseline_encoder {base_enc!r} has no predictions "
                          f"(benchmarked encoders: {encoders})")
-    base_mod = params.get("baseline_model", "abmil")
+    base_mod: str | None = params.baseline_model
     if base_mod not in models:
         log.warning("baseline model %r is not benchmarked (%s): no model comparisons", base_mod, sorted(models))
         base_mod = None
@@ -370,20 +371,19 @@ def write_evaluation(runs: Iterable[Run | dict[str, Any]], classes: Sequence[str
     """
     from slidemil.evaluate.claims import ClaimContext, claims_table, encoder_metadata, normalise_models
 
-    params = params or {}
+    cfg = from_block(EvaluateConfig, params, "evaluate")
     ev = evaluate_runs(runs, classes, n_boot=n_boot, seed=seed)
     write_csv(ev.summary, out["table"])
     write_csv(ev.per_run, out["runs"])
     plot_roc(ev, out["plot"])
     encoders = encoder_metadata(list(encoders), pretrain)
-    base_enc, base_mod = resolve_baselines(ev.slides, params, [e["name"] for e in encoders])
+    base_enc, base_mod = resolve_baselines(ev.slides, cfg, [e["name"] for e in encoders])
     if out.get("comparisons"):
-        pairs = comparison_pairs(ev.slides, base_enc, base_mod, params.get("compare") or [])
+        pairs = comparison_pairs(ev.slides, base_enc, base_mod, cfg.compare)
         write_csv(comparisons_table(ev, pairs, n_boot, seed), out["comparisons"])
     if out.get("claims"):
         ctx = ClaimContext(encoders=list(encoders), methods=set(ev.slides), baseline_encoder=base_enc,
-                           baseline_model=params.get("baseline_model", "abmil"),
-                           margin=float(params.get("claim_margin", 0.02)),
+                           baseline_model=cfg.baseline_model, margin=cfg.claim_margin,
                            compare=lambda a, b: compare(ev, a, b, n_boot, seed),
                            models=normalise_models(models) or {m: {} for _, m in ev.slides})
         write_csv(claims_table(ctx), out["claims"])
