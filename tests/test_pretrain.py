@@ -54,8 +54,9 @@ def test_every_objective_trains_and_writes_an_encoder(objective, cohort, tmp_pat
     tiles, graphs, labels, root = cohort
     params = PretrainParams(objective=objective, sampler="mixed", epochs=1, **{k: v for k, v in TINY.items()
                                                                                 if k != "epochs"})
-    scope = scopes_of(params, 1, params.uses_labels)[0]
-    src = sources_for_scope(tiles, graphs, scope, labels if params.uses_labels else None, str(root / "folds.csv"))
+    uses_labels = OBJECTIVES[objective].uses_labels
+    scope = scopes_of(params, 1, uses_labels)[0]
+    src = sources_for_scope(tiles, graphs, scope, labels if uses_labels else None, str(root / "folds.csv"))
     meta = pretrain(src, params, tmp_path / "enc" / objective / "encoder.pt", seed=0, device="cpu")
     assert np.isfinite(meta["history"][0]["loss"])
     assert (scope == "fold0") == OBJECTIVES[objective].uses_labels

@@ -44,14 +44,6 @@ class PretrainParams:
     def from_dict(cls, d: dict) -> "PretrainParams":
         return from_block(cls, d, "pretrain")
 
-    @property
-    def uses_labels(self) -> bool:
-        """Whether the objective trains on slide labels: the live registry's answer (a job has torch;
-        planning asks slidemil.plan.registered instead, which reads the source)."""
-        from slidemil.ssl.losses import OBJECTIVES
-
-        return OBJECTIVES[self.objective].uses_labels
-
     def digest(self) -> str:
         """Hash of what shapes the weights (not `workers`, `gpus`): a checkpoint resumes only if it matches."""
         d = dataclasses.asdict(self)

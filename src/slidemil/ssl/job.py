@@ -21,6 +21,7 @@ def pretrain_job(params: dict, scope: str, tiles_dir: str | Path, samples: str |
     import torch
 
     from slidemil.cohorts.sheet import label_indices, slide_paths
+    from slidemil.ssl.losses import OBJECTIVES
     from slidemil.ssl.pretrain import PretrainParams, pretrain, sources_for_scope
 
     torch.set_num_threads(threads)
@@ -29,7 +30,7 @@ def pretrain_job(params: dict, scope: str, tiles_dir: str | Path, samples: str |
 
         dist.init_process_group("nccl" if torch.cuda.is_available() and device != "cpu" else "gloo")
     p = PretrainParams.from_dict(params)
-    labels = label_indices(samples, classes) if p.uses_labels else None
+    labels = label_indices(samples, classes) if OBJECTIVES[p.objective].uses_labels else None
     graphs = slide_paths(graphs_dir, samples, ".npz") if graphs_dir else []
     sources = sources_for_scope(slide_paths(tiles_dir, samples, ".zarr"), graphs, scope, labels, folds)
     log.info("pretrain %s scope %s: %d slides, objective %s, sampler %s", out, scope, len(sources), p.objective,
