@@ -254,7 +254,7 @@ def test_no_tissue_gives_one_warning_and_an_empty_store_downstream_skips(bad_sli
     assert _tile(bad_slides["blank"], "blank", tmp_path, mode="fail").returncode == 0
     g = open_tiles(tmp_path / "tiles/blank.zarr")
     assert g.attrs["status"] == "empty" and g["tiles"].shape[0] == 0
-    proc = slidemil("graph", "--tiles", tmp_path / "tiles/blank.zarr", "--out", tmp_path / "graphs/blank.npz")
+    proc = slidemil("graph", "--tiles", tmp_path / "tiles/blank.zarr", "--radius", "1", "--out", tmp_path / "graphs/blank.npz")
     assert proc.returncode == 0, proc.stderr
     assert np.load(tmp_path / "graphs/blank.npz")["indices"].size == 0
 

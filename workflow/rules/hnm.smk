@@ -1,4 +1,4 @@
-# Hard-negative mining (config `hnm`, slidemil.hnm.mining; seed paper 002). Per run, fold k and round t >= 1:
+# Hard-negative mining (config `hnm`, slidemil.hnm; seed paper 002). Per run, fold k and round t >= 1:
 # hnm_mine trains DSMIL + MIRank on the round-(t-1) features (training slides; validation slides select
 # and gate), scores the training slides' tiles and keeps or rejects the new pseudo labels; hnm_finetune
 # fine-tunes the round-(t-1) encoder on the mined tiles (GPU, resumable); embed_fold re-embeds the fold

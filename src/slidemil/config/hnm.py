@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from slidemil.config.load import from_block
 
-GATE_METRIC_NAMES = ("f1", "auc")  # slidemil.hnm.mining.GATE_METRICS, the validation metrics the gate may read
+GATE_METRIC_NAMES = ("f1", "auc")  # slidemil.hnm.mine.GATE_METRICS, the validation metrics the gate may read
 
 
 @dataclass(frozen=True)
@@ -67,5 +67,5 @@ class HNMParams:
         return d
 
     def mil_params(self) -> dict:
-        """The mining model's training params (slidemil.mil.train): MIRank always on."""
+        """The mining model's training params (slidemil.mil.loop): MIRank always on."""
         return {**{k: v for k, v in dataclasses.asdict(self.mil).items() if v is not None}, "mirank": True}

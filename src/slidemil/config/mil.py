@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class MilTrain:
-    """Training keys of a MIL run (slidemil.mil.train); a run's block under `mil.models` may override them."""
+    """Training keys of a MIL run (slidemil.mil.loop); a run's block under `mil.models` may override them."""
 
     epochs: int = 40  # passes over the training bags
     lr: float = 5e-4  # AdamW learning rate

@@ -47,7 +47,7 @@ class MilRun:
     device: str
 
     def params(self) -> dict[str, Any]:
-        """The mil job's --params (slidemil.mil.job): flat, as slidemil.mil.train.split_params reads them."""
+        """The mil job's --params (slidemil.mil.job): flat, as slidemil.mil.loop.split_params reads them."""
         return {**dataclasses.asdict(self.train), **self.model_params, "device": self.device, "model": self.model}
 
 

@@ -50,7 +50,7 @@ class HNMSteps(Objective):
     label, step). Slide labels 0/1 alone read as step-A rows of negative bags.
     Departure: the authors take two optimiser steps per iteration (A, then B on the updated
     weights); here one step on L_A + L_B, with both steps' rows in one forward pass (BatchNorm sees
-    both). The mining that produces the codes is slidemil.hnm.mining.
+    both). The mining that produces the codes is slidemil.hnm.mine.
     """
 
     uses_labels = True
