@@ -16,9 +16,12 @@ sys.path.insert(0, str(SRC))  # the sheet checks below are slidemil's own (src/s
 from slidemil.plan.codeversion import code_version as _code_version  # noqa: E402
 from slidemil.plan.jobs import slide_batches  # noqa: E402
 from slidemil.cohorts.sheet import DEMO_MIMIC, DEMO_SLIDES, DEMO_TUMOUR, annotation_table, check_sheet, read_sheet  # noqa: E402
-from slidemil.config import with_defaults  # noqa: E402
+from slidemil.config import unknown_key_line, with_defaults  # noqa: E402
 from slidemil.plan.catalogue import build_catalogue, round_encoder  # noqa: E402
+from slidemil.plan import registered  # noqa: E402
 
+if _typo := unknown_key_line(config, workflow.configfiles):
+    sys.exit(_typo)  # one line (file, key, "did you mean"), not the schema's dump of the whole block
 validate(config, schema="../schemas/config.schema.yaml")  # types and ranges; the dataclasses give the defaults
 config.update(with_defaults(config))  # every key present, as the rules pass whole blocks
 CATALOGUE = build_catalogue(config)  # encoders, scopes, mining rounds, the MIL grid: checked against the registries
@@ -78,9 +81,20 @@ def as_arg(obj) -> str:
 
 
 @functools.cache  # once per stage and run: batch rules would otherwise parse the package per rule
-def code_version(*roots: str) -> str:
-    """Hash of the import closure of a stage's modules: Snakemake does not see imported code changing."""
-    return _code_version(SRC / "slidemil", *roots)
+def code_version(*roots: str, own_modules: bool = False) -> str:
+    """Hash of the import closure of a stage's modules: Snakemake does not see imported code changing.
+    own_modules: the roots name the registered modules the job uses; its registry's others are left out."""
+    return _code_version(SRC / "slidemil", *roots, excluded=registered.modules() if own_modules else frozenset())
+
+
+def mil_code(wildcards) -> str:
+    """A MIL run's code: training and its model's module, so editing abmil.py reruns abmil's runs only."""
+    return code_version("cli:cmd_mil", *CATALOGUE.mil_modules(wildcards.model), own_modules=True)
+
+
+def pretrain_code(wildcards) -> str:
+    """A pretrain entry's code: pretraining and its objective's and sampler's modules only."""
+    return code_version("cli:cmd_pretrain", *CATALOGUE.pretrain_modules(wildcards.encoder), own_modules=True)
 
 
 def tile_batch_arg(slides: list[str]) -> str:
@@ -147,9 +161,14 @@ def heatmap_fold_dirs(wildcards) -> str:
     return " ".join(str(Path(p).parent) for p in heatmap_predictions(wildcards))
 
 
+def all_froc() -> list[str]:
+    """Every (encoder, model)'s lesion FROC summary (rule heatmaps)."""
+    return [f"results/heatmaps/{encoder}/{model}/froc.csv" for model, encoders in MIL_GRID.items() for encoder in encoders]
+
+
 def all_outputs() -> list[str]:
     probe = ["results/probe.csv"] if ANNOTATION_TABLE["tumour"] else []  # needs tumour annotations
-    return ["results/benchmark.csv", QC_TABLE, *probe,
+    return ["results/benchmark.csv", "results/cohort.csv", QC_TABLE, *probe,
             *(f"results/heatmaps/{encoder}/{model}/instance_metrics.csv"
               for model, encoders in MIL_GRID.items() for encoder in encoders),
             GRAPHS_INDEX]  # every graph, through its index: one edge, not one per slide

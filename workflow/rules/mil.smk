@@ -36,7 +36,7 @@ rule mil:
         cache_mb=config["mil"]["cache_mb"],
         features_dir=features_dir,
         out_dir="results/mil/{encoder}/{model}/fold{fold}/seed{seed}",
-        code=code_version("cli:cmd_mil"),
+        code=mil_code,
     log:
         "logs/mil/{encoder}/{model}/fold{fold}/seed{seed}.log",
     benchmark:

@@ -17,7 +17,7 @@ rule pretrain:
         seed=config["seed"],
         device=config["embed"]["device"],
         launcher=pretrain_launcher,
-        code=code_version("cli:cmd_pretrain"),
+        code=pretrain_code,
     log:
         "logs/pretrain/{encoder}/{scope}.log",
     benchmark:

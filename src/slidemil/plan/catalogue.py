@@ -85,6 +85,15 @@ class Catalogue:
         """Whether an entry's pair sampler reads the neighbour graphs."""
         return bool(registered.samplers()[self.pretrain[pretrain].sampler].attrs.get("needs_graph"))
 
+    def mil_modules(self, run: str) -> tuple[str, ...]:
+        """The registered module MIL run `run` trains (its code version covers no other model's file)."""
+        return (registered.mil_models()[self.mil_runs[run].model].module,)
+
+    def pretrain_modules(self, pretrain: str) -> tuple[str, ...]:
+        """The registered modules of an entry's objective and pair sampler."""
+        p = self.pretrain[pretrain]
+        return registered.objectives()[p.objective].module, registered.samplers()[p.sampler].module
+
     def hnm_base(self, run: str, fold: int | str) -> EncoderSpec:
         """A run's round-0 encoder in fold `fold`."""
         base = self.hnm[run].base
