@@ -163,6 +163,13 @@ def cmd_probe(a: argparse.Namespace) -> None:
               a.bootstrap)
 
 
+def cmd_front_page(a: argparse.Namespace) -> None:
+    from slidemil.evaluate.job import front_page_job
+
+    front_page_job(a.samples, a.qc, a.folds, a.predictions, a.benchmark, a.comparisons, a.claims, a.froc,
+                   a.claims_section, a.cohort_out, a.page_out)
+
+
 def cmd_probe_table(a: argparse.Namespace) -> None:
     from slidemil.evaluate.probe import write_probe_table
 
@@ -327,6 +334,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, required=True, help="config evaluate.bootstrap")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="results/probe/{encoder}.csv")
+    p = add("front-page", cmd_front_page, "the report's front page: the slides (label, split, QC, predictions), "
+            "then the benchmark, comparisons and (claims benchmarks) claims")
+    p.add_argument("--samples", required=True)
+    p.add_argument("--qc", required=True, help="results/qc/cohort.tsv")
+    p.add_argument("--folds", required=True, help="results/folds.csv")
+    p.add_argument("--predictions", nargs="+", required=True, help="every MIL run's predictions.csv")
+    p.add_argument("--benchmark", required=True)
+    p.add_argument("--comparisons", required=True)
+    p.add_argument("--claims", required=True)
+    p.add_argument("--froc", nargs="*", default=[], help="results/heatmaps/{encoder}/{model}/froc.csv")
+    p.add_argument("--claims-section", action="store_true", help="show the claims (a claims benchmark: the demo)")
+    p.add_argument("--cohort-out", required=True, help="results/cohort.csv")
+    p.add_argument("--page-out", required=True, help="the HTML fragment workflow/report/workflow.rst includes")
+
     p = add("probe-table", cmd_probe_table, "one probe table from the per-encoder probe rows")
     p.add_argument("--rows", nargs="+", required=True)
     p.add_argument("--out", required=True)
