@@ -17,14 +17,18 @@ from slidemil.plan.codeversion import code_version as _code_version  # noqa: E40
 from slidemil.plan.jobs import slide_batches  # noqa: E402
 from slidemil.cohorts.sheet import DEMO_MIMIC, DEMO_SLIDES, DEMO_TUMOUR, annotation_table, check_sheet, read_sheet  # noqa: E402
 from slidemil.config import unknown_key_line, with_defaults  # noqa: E402
-from slidemil.plan.catalogue import build_catalogue, round_encoder  # noqa: E402
+from slidemil.plan.catalogue import build_catalogue, check_weights, round_encoder  # noqa: E402
 from slidemil.plan import registered  # noqa: E402
+from slidemil.plan.workdir import workflow_file  # noqa: E402
 
 if _typo := unknown_key_line(config, workflow.configfiles):
     sys.exit(_typo)  # one line (file, key, "did you mean"), not the schema's dump of the whole block
 validate(config, schema="../schemas/config.schema.yaml")  # types and ranges; the dataclasses give the defaults
 config.update(with_defaults(config))  # every key present, as the rules pass whole blocks
+if not workflow.overwrite_configfiles:  # the demo's config (Snakefile): its sheet is the workflow's, run from anywhere
+    config["samples"] = workflow_file(config["samples"], workflow.basedir, Path.cwd())
 CATALOGUE = build_catalogue(config)  # encoders, scopes, mining rounds, the MIL grid: checked against the registries
+check_weights(CATALOGUE, Path.cwd())  # every missing weights file at once, before any job
 MIL_RUNS = {run: json.dumps(r.params(), sort_keys=True) for run, r in CATALOGUE.mil_runs.items()}  # the mil rule's --params
 
 SAMPLES = read_sheet(config["samples"])

@@ -11,7 +11,9 @@ encoders it is trained on) and each run's typed params.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from slidemil.config import Config, EncoderSpec, HNMParams, PretrainParams, load_config
@@ -107,6 +109,16 @@ class Catalogue:
                                        weights=encoder_weights(name, f"fold{fold}"))
         return pretrained_encoder(name, self.pretrain[name], f"fold{fold}")
 
+    def weights_files(self) -> list[tuple[str, str]]:
+        """(config key, path) of every weights file the config names that no rule writes: the `encoders`
+        entries' (every one, mining bases named) and the enabled `pretrain` entries' initial weights."""
+        produced = {os.path.normpath(encoder_weights(n, s)) for n, scopes in self.pretrain_scopes.items() for s in scopes}
+        bases = {p.base: run for run, p in self.hnm.items()}
+        files = [(f"encoders[{i}].weights" + (f" (the base of hnm.{bases[e.name]})" if e.name in bases else ""), e.weights)
+                 for i, e in enumerate(self.config.encoders) if e.weights]
+        files += [(f"pretrain.{n}.weights", p.weights) for n, p in self.pretrain.items() if p.weights]
+        return [(key, path) for key, path in files if os.path.normpath(path) not in produced]
+
     def hnm_metadata(self) -> list[dict[str, Any]]:
         """Claims metadata (slidemil.evaluate.claims) of every round encoder: hnm_round t and its hnm_base."""
         return [{"name": enc, "arch": self.hnm_base(run, 0).arch, "objective": "supcon_hnm_steps", "hnm_round": t,
@@ -135,3 +147,14 @@ def build_catalogue(config: dict[str, Any]) -> Catalogue:
     fold_encoders += list(rounds)
     return Catalogue(cfg, n_folds, list(cfg.seeds), encoders, pretrain, scopes, fold_encoders, hnm, rounds,
                      mil_grid(cfg.mil, [*encoders, *fold_encoders]), mil_runs(cfg.mil, len(cfg.classes)))
+
+
+def check_weights(catalogue: Catalogue, workdir: Path) -> None:
+    """Every weights file of the config exists (relative paths from `workdir`, as Snakemake reads inputs):
+    else one ValueError naming each missing file's config key, before any job. A missing file would
+    otherwise only stop the first encoder's jobs, or, after a finished run, leave its features stale."""
+    missing = [f"{key} = {path!r}" for key, path in catalogue.weights_files() if not (workdir / path).is_file()]
+    if missing:
+        raise ValueError(f"config: weights file(s) not found (relative to {workdir}): {'; '.join(missing)}. Compute "
+                         "nodes are offline: download each checkpoint beforehand and set its path, or null for a "
+                         "seeded random init")
