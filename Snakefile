@@ -1,11 +1,20 @@
 # slidemil: whole-slide images -> tissue masks -> tiles -> graphs -> features -> MIL -> benchmark.
 # A table of contents only: helpers live in workflow/rules/common.smk, logic in src/slidemil.
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The demo's config/config.yaml, found from the workflow (so `--directory elsewhere` works), and only
+# when no --configfile is given: Snakemake would merge the demo's encoders, pretraining and MIL runs
+# into a cohort's config. A --configfile is complete by itself (keys it omits take slidemil.config's
+# defaults); an overlay on the demo names it first: --configfile config/config.yaml config/zoo.yaml.
+if not workflow.overwrite_configfiles:
+
+    configfile: os.path.join(workflow.basedir, "config", "config.yaml")
+
 
 
 report: "workflow/report/workflow.rst"
