@@ -137,3 +137,44 @@ def test_pretrained_encoders_join_with_their_metadata():
     ctx, _ = _ctx(encoders=encoders)
     table = claims_table(ctx, ["weaksupcon_beats_ssl", "spatial_pairs_beat_augment"])
     assert table["comparison"].tolist() == ["wsc/abmil vs simclr-aug/abmil", "simclr-spatial/abmil vs simclr-aug/abmil"]
+
+
+def test_too_few_slides_per_class_is_its_own_verdict_checked_first():
+    assert verdict(-0.0, 0.0, margin=0.02, min_class_slides=3, min_per_class=5) == "too few slides"
+    assert verdict(0.1, 0.2, margin=0.02, min_class_slides=4, min_per_class=5) == "too few slides"
+    assert verdict(-0.1, -0.05, margin=0.02, min_class_slides=5, min_per_class=5) == "does not hold"
+
+
+def test_six_test_slides_say_too_few_slides_not_does_not_hold(tmp_path):
+    """The run that printed "does not hold" on 6 test slides with CI [0, 0], p = 1: constant scores of
+    both models on 3 + 3 slides."""
+    import pandas as pd
+
+    from slidemil.evaluate.benchmark import parse_run_path, write_evaluation
+
+    runs = []
+    for model in ("abmil", "mean"):
+        d = tmp_path / "mil" / "rand" / model / "fold0" / "seed0"
+        d.mkdir(parents=True)
+        df = pd.DataFrame({"slide_id": [f"s{i}" for i in range(8)],
+                           "label": ["normal", "tumour"] * 3 + ["normal", "tumour"],
+                           "role": ["test"] * 6 + ["val"] * 2, "prob_tumour": 0.5})
+        df["prob_normal"], df["pred"] = 0.5, "normal"
+        df.to_csv(d / "predictions.csv", index=False)
+        runs.append(parse_run_path(d / "predictions.csv"))
+    out = {k: tmp_path / f"{k}.csv" for k in ("table", "runs", "comparisons", "claims")}
+    out["plot"] = tmp_path / "roc.png"
+    params = {"baseline_model": "abmil", "claim_margin": 0.02}
+    write_evaluation(runs, ["normal", "tumour"], out, params=params, encoders=[{"name": "rand", "arch": "resnet18"}],
+                     models=["abmil", "mean"], n_boot=50)
+    floor = pd.read_csv(out["claims"]).set_index("claim").loc["floor_abmil_beats_mean"]
+    assert floor["verdict"] == "too few slides" and floor["min_class_slides"] == 3
+    assert "3 normal, 3 tumour common test slides" in floor["note"] and "min_slides_per_class (5)" in floor["note"]
+    assert math.isnan(floor["diff_ci_lo"]) and math.isnan(floor["p_value"])  # no CI [0, 0], p = 1
+    comp = pd.read_csv(out["comparisons"]).iloc[0]
+    assert comp["note"].startswith("too few slides") and math.isnan(comp["p_value"]) and comp["auc_diff"] == 0
+    # with the minimum met, the statistics are back
+    write_evaluation(runs, ["normal", "tumour"], out, params={**params, "min_slides_per_class": 3},
+                     encoders=[{"name": "rand", "arch": "resnet18"}], models=["abmil", "mean"], n_boot=50)
+    floor = pd.read_csv(out["claims"]).set_index("claim").loc["floor_abmil_beats_mean"]
+    assert floor["verdict"] == "does not hold" and floor["p_value"] == 1.0

@@ -25,6 +25,7 @@ class Config:
     seed: int = 0  # seed of the folds, the demo slides and random encoder init
     seeds: list = field(default_factory=lambda: [0, 1, 2])  # MIL training seeds
     on_slide_error: str = "skip"  # skip: unreadable slides are flagged failed and left out; fail: stop
+    max_failed_fraction: float = 0.2  # with skip: more failed slides than this share stop the run (qc_cohort)
     demo: DemoConfig = field(default_factory=DemoConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
     tile: TileConfig = field(default_factory=TileConfig)
