@@ -12,9 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _package(tmp_path: Path) -> Path:
-    pkg = tmp_path / "slidemil"
-    (pkg / "sub").mkdir(parents=True)
-    files = {
+    return _write(tmp_path / "slidemil", {
         "__init__.py": "",
         "cli.py": ("import json\n\ndef _json(t):\n    return json.loads(t)\n\n"
                    "def cmd_a(a):\n    from slidemil.a import run\n    run()\n\n"
@@ -26,8 +24,12 @@ def _package(tmp_path: Path) -> Path:
         "sub/__init__.py": "",
         "sub/deep.py": "from ..c import helper\n\ndef go():\n    helper()\n",
         "c.py": "def helper():\n    pass\n",
-    }
+    })
+
+
+def _write(pkg: Path, files: dict[str, str]) -> Path:
     for name, text in files.items():
+        (pkg / name).parent.mkdir(parents=True, exist_ok=True)
         (pkg / name).write_text(text)
     return pkg
 
@@ -114,9 +116,7 @@ def test_a_string_statement_after_the_docstring_is_code(tmp_path):
 def _registry(tmp_path: Path) -> Path:
     """A registry package whose __init__ imports every registered module to register it; `two` also
     uses one of `one`'s functions."""
-    pkg = _package(tmp_path)
-    (pkg / "reg").mkdir()
-    files = {
+    return _write(_package(tmp_path), {
         "reg/__init__.py": "from slidemil.reg.base import REGISTRY\nfrom slidemil.reg import one, two  # registration\n"
                            "import slidemil.reg.three\n",
         "reg/base.py": "REGISTRY = {}\n",
@@ -124,10 +124,7 @@ def _registry(tmp_path: Path) -> Path:
         "reg/two.py": "from slidemil.reg import REGISTRY\nfrom slidemil.reg.one import f\n",
         "reg/three.py": "from slidemil.reg import REGISTRY\n",
         "job.py": "from slidemil.reg import REGISTRY\n",
-    }
-    for name, text in files.items():
-        (pkg / name).write_text(text)
-    return pkg
+    })
 
 
 def test_registration_imports_of_excluded_modules_are_not_followed(tmp_path):

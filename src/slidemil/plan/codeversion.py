@@ -98,28 +98,11 @@ def _stamp(path: Path) -> tuple[int, int]:
 
 
 @functools.cache
-def _parsed(path: Path, stamp: tuple[int, int]) -> tuple[str, ast.Module]:
-    """(text, syntax tree) of a file as of `stamp` (mtime, size): a workflow computes ~20 stages'
-    closures over the same modules while it is read."""
-    text = path.read_text()
-    return text, ast.parse(text)
-
-
-def _parse(path: Path) -> tuple[str, ast.Module]:
-    return _parsed(path, _stamp(path))
-
-
-@functools.cache
-def _module_imports(package_dir: Path, path: Path, stamp: tuple[int, int]) -> tuple[frozenset[Path], frozenset[Path]]:
-    """(every package file the module imports, those its package `__init__` imports only to register them)."""
-    found, registering = _imports(_parsed(path, stamp)[1], package_dir, path)
-    return frozenset(found), frozenset(registering)
-
-
-def _without_docstrings(path: Path, stamp: tuple[int, int]) -> ast.Module:
-    """A fresh tree of the file (the cached one stays as written) without the docstrings of its module,
-    classes and functions; ast keeps no comments."""
-    tree = ast.parse(_parsed(path, stamp)[0])
+def _parsed(path: Path, stamp: tuple[int, int]) -> ast.Module:
+    """The syntax tree of a file as of `stamp` (mtime, size), without the docstrings of its module, classes
+    and functions (ast keeps no comments): a workflow computes ~20 stages' closures over the same modules
+    while it is read, and nothing read from the tree (imports, registrations) is in a docstring."""
+    tree = ast.parse(path.read_text())
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
             first = node.body[0]
@@ -128,16 +111,21 @@ def _without_docstrings(path: Path, stamp: tuple[int, int]) -> ast.Module:
     return tree
 
 
+def _parse(path: Path) -> ast.Module:
+    return _parsed(path, _stamp(path))
+
+
+@functools.cache
+def _module_imports(package_dir: Path, path: Path, stamp: tuple[int, int]) -> tuple[frozenset[Path], frozenset[Path]]:
+    """(every package file the module imports, those its package `__init__` imports only to register them)."""
+    found, registering = _imports(_parsed(path, stamp), package_dir, path)
+    return frozenset(found), frozenset(registering)
+
+
 @functools.cache
 def _code(path: Path, stamp: tuple[int, int]) -> str:
-    """What a module does: its tree without docstrings, dumped (no line numbers, no layout)."""
-    return ast.dump(_without_docstrings(path, stamp))
-
-
-@functools.cache
-def _function_codes(path: Path, stamp: tuple[int, int]) -> dict[str, str]:
-    """_code of each top-level function of a module (a CLI entry's own share of cli.py)."""
-    return {n.name: ast.dump(n) for n in _without_docstrings(path, stamp).body if isinstance(n, ast.FunctionDef)}
+    """What a module does: its tree without docstrings, dumped (no comments, line numbers or layout)."""
+    return ast.dump(_parsed(path, stamp))
 
 
 def import_closure(package_dir: Path, roots: list[str], excluded: frozenset[str] = frozenset()) -> dict[str, str]:
@@ -149,16 +137,15 @@ def import_closure(package_dir: Path, roots: list[str], excluded: frozenset[str]
     for root in roots:
         if root.startswith("cli:"):
             cli = package_dir / "cli.py"
-            _, tree = _parse(cli)
+            tree = _parse(cli)
             fn = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == root[4:]), None)
             if fn is None:
                 raise KeyError(f"code_version: {cli} has no function {root[4:]!r}")
             # every stage also runs main() and the private helpers the commands share
             shared = [n for n in tree.body if isinstance(n, ast.FunctionDef)
                       and (n.name == "main" or n.name.startswith("_"))]
-            functions = _function_codes(cli, _stamp(cli))
             for node in (fn, *shared):
-                sources[f"cli:{node.name}"] = functions[node.name]
+                sources[f"cli:{node.name}"] = ast.dump(node)
             top_imports = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
             for node in (fn, *shared, *top_imports):
                 todo.extend(_imported_modules(node, package_dir, cli))

@@ -70,7 +70,7 @@ def _literal(node: ast.expr) -> object:
 @functools.cache
 def _module_names(path: Path, stamp: tuple[int, int]) -> dict[str, _Class | Path]:
     """Top-level names of a module: its classes, and names imported from other package modules (their file)."""
-    _, tree = _parse(path)
+    tree = _parse(path)
     module = _dotted_name(PACKAGE_DIR, path)
     names: dict[str, _Class | Path] = {}
     for node in tree.body:
