@@ -17,8 +17,9 @@ def heatmaps_job(run_dirs: list[str], features_dir: str | Path, samples: str | P
     from slidemil.evaluate.heatmaps import heatmaps_for_model
 
     sheet = read_sheet(samples).set_index("slide_id", drop=False)
-    table = heatmaps_for_model(run_dirs, features_dir, sheet, read_annotation_table(annotations)["tumour"], out_dir,
-                               png_per_fold=png_per_fold, froc=froc, title=title)
+    outlines = read_annotation_table(annotations)
+    table = heatmaps_for_model(run_dirs, features_dir, sheet, outlines["tumour"], out_dir, png_per_fold=png_per_fold,
+                               froc=froc, title=title, mimics=outlines["mimic"])
     if table["instance_auc"].notna().any():
         log.info("instance AUC (annotated test slides): mean %.3f over %d slides", table["instance_auc"].mean(),
                  table["instance_auc"].notna().sum())
