@@ -54,6 +54,38 @@ rule evaluate:
 
 
 
+# The report's front page: the slides (label, split, QC, test predictions), then the benchmark tables
+# (slidemil.evaluate.front_page); workflow/report/workflow.rst includes the page once cohort.csv is in the report.
+rule front_page:
+    input:
+        samples=config["samples"],
+        qc=QC_TABLE,
+        folds="results/folds.csv",
+        predictions=all_predictions(),
+        benchmark="results/benchmark.csv",
+        comparisons="results/comparisons.csv",
+        claims="results/claims.csv",
+        froc=all_froc(),
+    output:
+        cohort=report(
+            "results/cohort.csv",
+            caption="../report/cohort.rst",
+            category="0. Slides",
+            labels={"result": "slides: label, split, QC, predictions"},
+        ),
+        page="results/report/front_page.html",
+    params:
+        claims="--claims-section" if config["demo"]["enabled"] else "",  # the papers' claims: the synthetic cohort's
+        code=code_version("cli:cmd_front_page"),
+    log:
+        "logs/front_page/front_page.log",
+    conda:
+        "../../envs/torch.yaml"
+    shell:
+        "python -m slidemil front-page --samples {input.samples:q} --qc {input.qc:q} --folds {input.folds:q} --predictions {input.predictions:q} --benchmark {input.benchmark:q} --comparisons {input.comparisons:q} --claims {input.claims:q} --froc {input.froc:q} {params.claims} --cohort-out {output.cohort:q} --page-out {output.page:q} 2> {log:q}"
+
+
+
 rule heatmaps:
     input:
         predictions=heatmap_predictions,
