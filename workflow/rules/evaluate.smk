@@ -1,6 +1,10 @@
 # The benchmark tables (per encoder x model, and per run), paired comparisons, the claims table
 # and the ROC plot, from every MIL run's predictions (slidemil.evaluate.benchmark documents the estimators).
 
+from slidemil.evaluate.claims import claims_config  # noqa: E402
+
+CLAIMS_CONFIG = claims_config(config["encoders"] + CATALOGUE.hnm_metadata(), config["pretrain"])
+
 
 rule evaluate:
     input:
@@ -37,10 +41,12 @@ rule evaluate:
             labels={"result": "claims"},
         ),
     params:
-        cfg=as_arg(config["evaluate"]),
-        encoders=as_arg(config["encoders"] + CATALOGUE.hnm_metadata()),  # + hard-negative-mining rounds (claims metadata)
+        # not the keys of other stages (the folds', the heatmaps'): they must not rerun the benchmark; a new key
+        # reaches it (never stale), and tests/test_rerun_matrix.py says if it should not
+        cfg=as_arg({k: v for k, v in config["evaluate"].items() if k not in (*FOLD_KEYS, "png_per_fold", "froc")}),
+        encoders=as_arg(CLAIMS_CONFIG[0]),  # + hard-negative-mining rounds (claims metadata)
         models=as_arg(config["mil"]["models"]),
-        pretrain=as_arg(config["pretrain"]),
+        pretrain=as_arg(CLAIMS_CONFIG[1]),
         classes=as_arg(config["classes"]),
         bootstrap=config["evaluate"]["bootstrap"],
         seed=config["seed"],

@@ -1,6 +1,9 @@
 # Fold assignment and MIL training per encoder x model x fold x seed (GPU when allocated, else CPU).
 
 
+FOLD_KEYS = ("n_folds", "val_fraction", "use_official_split")  # the keys of config `evaluate` that split
+
+
 rule folds:
     input:
         samples=config["samples"],  # the whole sheet, not the QC table: QC changes never move a slide
@@ -8,7 +11,7 @@ rule folds:
         "results/folds.csv",
     params:
         # only the keys that split: a bootstrap or claims setting must not rerun the folds and all MIL
-        cfg=as_arg({k: config["evaluate"][k] for k in ("n_folds", "val_fraction", "use_official_split")}),
+        cfg=as_arg({k: config["evaluate"][k] for k in FOLD_KEYS}),
         seed=config["seed"],
         code=code_version("cli:cmd_folds"),
     log:
@@ -17,6 +20,11 @@ rule folds:
         "../../envs/slide-io.yaml"
     shell:
         "python -m slidemil folds --samples {input.samples:q} --params {params.cfg} --seed {params.seed} --out {output:q} 2> {log:q}"
+
+
+# How a job runs, not what it writes (Snakemake reruns a job whose params change): the shell reads it
+# as a global, so a larger cache reruns nothing (tests/test_rerun_matrix.py).
+MIL_CACHE_MB = config["mil"]["cache_mb"]
 
 
 rule mil:
@@ -33,7 +41,6 @@ rule mil:
     params:
         cfg=lookup(dpath="{model}", within=MIL_RUNS),  # this run's block over mil's top-level keys
         classes=as_arg(config["classes"]),
-        cache_mb=config["mil"]["cache_mb"],
         features_dir=features_dir,
         out_dir="results/mil/{encoder}/{model}/fold{fold}/seed{seed}",
         code=mil_code,
@@ -49,4 +56,4 @@ rule mil:
     conda:
         "../../envs/torch.yaml"
     shell:
-        "python -m slidemil mil --features-dir {params.features_dir} --folds {input.folds:q} --samples {input.samples:q} --fold {wildcards.fold} --model {wildcards.model} --params {params.cfg:q} --classes {params.classes} --seed {wildcards.seed} --threads {threads} --graphs-dir results/graphs --cache-mb {params.cache_mb} --out-dir {params.out_dir} 2> {log:q}"
+        "python -m slidemil mil --features-dir {params.features_dir} --folds {input.folds:q} --samples {input.samples:q} --fold {wildcards.fold} --model {wildcards.model} --params {params.cfg:q} --classes {params.classes} --seed {wildcards.seed} --threads {threads} --graphs-dir results/graphs --cache-mb {MIL_CACHE_MB} --out-dir {params.out_dir} 2> {log:q}"
