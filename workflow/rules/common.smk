@@ -8,13 +8,14 @@ import shlex
 import sys
 from pathlib import Path
 
+from snakemake.resources import Resources
 from snakemake.utils import validate
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 SRC = Path(workflow.current_basedir).parents[1] / "src"
 sys.path.insert(0, str(SRC))  # the sheet checks below are slidemil's own (src/slidemil/cohorts/sheet.py)
 from slidemil.plan.codeversion import code_version as _code_version  # noqa: E402
-from slidemil.plan.jobs import slide_batches  # noqa: E402
+from slidemil.plan.jobs import FamilySettings, slide_batches  # noqa: E402
 from slidemil.cohorts.sheet import DEMO_MIMIC, DEMO_SLIDES, DEMO_TUMOUR, annotation_table, check_sheet, read_sheet  # noqa: E402
 from slidemil.config import unknown_key_line, with_defaults  # noqa: E402
 from slidemil.plan.catalogue import build_catalogue, check_weights, round_encoder  # noqa: E402
@@ -189,6 +190,28 @@ def weights_of(encoder: str) -> list[str]:
 
 def encoder_weights(wildcards) -> list[str]:
     return weights_of(wildcards.encoder)
+
+
+def _merged_resources(entries: list) -> Resources:
+    merged = Resources()
+    for entry in entries:
+        merged.update(entry)
+    return merged
+
+
+def _last_threads(entries: list):
+    return entries[-1]
+
+
+# Snakemake keeps --set-resources/--set-threads only as these parsed dicts, hence the private attributes.
+FAMILY_SETTINGS = FamilySettings([(workflow.resource_settings._parsed_overwrite_resources, _merged_resources),
+                                  (workflow.resource_settings._parsed_overwrite_threads, _last_threads)])
+
+
+def family_rule(name: str, *families: str) -> str:
+    """A batch rule's name, lent its families' set-resources/set-threads (profiles/slurm: `tile`, `graph`,
+    `embed`, `embed_fold`) while Snakemake defines it: those match rule names only (slidemil.plan.jobs)."""
+    return FAMILY_SETTINGS.lend(name, families)
 
 
 def embed_batch_rule(encoder: str, batch: int) -> str:

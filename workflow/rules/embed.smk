@@ -47,7 +47,7 @@ else:
 
             rule:
                 name:
-                    embed_batch_rule(_encoder, _batch)
+                    family_rule(embed_batch_rule(_encoder, _batch), "embed")
                 input:
                     tiles=expand("results/tiles/{slide}.zarr", slide=_slides),
                     weights=weights_of(_encoder),
@@ -77,6 +77,7 @@ else:
 # Features of an encoder trained on fold k's training slides (config `pretrain` entries that use labels,
 # and mining rounds): every slide of the cohort, per fold, batched like `embed` above.
 if EMBED_PER_JOB == 1:
+    family_rule("embed_fold", "embed")  # a profile's `embed` entry reaches fold-trained encoders too
 
     rule embed_fold:
         input:
@@ -115,7 +116,7 @@ else:
 
                 rule:
                     name:
-                        embed_batch_rule(f"{_encoder}_fold{_fold}", _batch)
+                        family_rule(embed_batch_rule(f"{_encoder}_fold{_fold}", _batch), "embed", "embed_fold")
                     input:
                         tiles=expand("results/tiles/{slide}.zarr", slide=_slides),
                         weights=[f"results/encoders/{_encoder}/fold{_fold}/encoder.pt"],

@@ -9,7 +9,7 @@ for _batch, _slides in TILE_BATCHES.items():
 
     rule:
         name:
-            f"tile_b{_batch}"
+            family_rule(f"tile_b{_batch}", "tile")
         input:
             slides=[SLIDE_PATHS[s] for s in _slides],
         output:
@@ -46,7 +46,7 @@ for _batch, _slides in GRAPH_BATCHES.items():
 
     rule:
         name:
-            f"graph_b{_batch}"
+            family_rule(f"graph_b{_batch}", "graph")
         input:
             tiles=expand("results/tiles/{slide}.zarr", slide=_slides),
         output:
