@@ -13,8 +13,8 @@ from slidemil.evaluate.front_page import cohort_table, front_page_html, with_ci,
 SHEET = pd.DataFrame({"slide_id": ["a", "b", "c", "d"], "label": ["tumour", "normal", "tumour", "normal"]})
 QC = pd.DataFrame({"slide_id": ["a", "b", "c", "d"], "status": ["ok", "ok", "failed", "empty"],
                    "reason": ["", "", "no mpp in the file or the sheet", "no tissue tiles"]})
-FOLDS = pd.DataFrame({"slide_id": ["a", "b", "a", "b"], "fold": [0, 0, 1, 1],
-                      "role": ["test", "train", "train", "test"]})
+FOLDS = pd.DataFrame({"slide_id": ["a", "b", "c", "a", "b", "c"], "fold": [0, 0, 0, 1, 1, 1],  # c: failed QC
+                      "role": ["test", "train", "train", "train", "test", "test"]})
 BENCH = pd.DataFrame({"encoder": ["enc"], "model": ["abmil"], "n_runs": [4], "n_folds": [2], "n_seeds": [2],
                       "n_test_slides": [2], "pooled_auc": [0.8123456789012345], "pooled_auc_ci_lo": [0.70123456789],
                       "pooled_auc_ci_hi": [0.905], "fold_auc_mean": [0.8], "fold_auc_sd": [0.1],

@@ -80,8 +80,9 @@ def cohort_table(sheet: pd.DataFrame, qc: pd.DataFrame, folds: pd.DataFrame,
     roles = split_roles(folds)
     table = pd.DataFrame({"slide_id": sheet["slide_id"].astype(str).to_numpy(),
                           "label": sheet["label"].astype(str).to_numpy()})
-    table["split"] = [roles.get(s, "left out" if s in status.index else "") for s in table["slide_id"]]
     table["qc"] = [str(status.at[s, "status"]) if s in status.index else NOT_TILED for s in table["slide_id"]]
+    # a slide that is not ok is left out of MIL, whatever fold the sheet's split gave it
+    table["split"] = [roles.get(s, "") if q == "ok" else "left out" for s, q in zip(table["slide_id"], table["qc"])]
     reasons = status["reason"].fillna("").astype(str) if "reason" in status else pd.Series(dtype=str)
     table["reason"] = [reasons.get(s, "") for s in table["slide_id"]]
     for method, preds in predictions_per_method(prediction_csvs).items():
