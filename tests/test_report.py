@@ -172,6 +172,13 @@ def headings(dom: str) -> list[str]:
     return [re.sub(r"<[^>]+>", "", h).strip() for h in re.findall(r'<h2 class="slidemil"[^>]*>(.*?)</h2>', dom)]
 
 
+def front_page(html: Path, tmp_path: Path) -> tuple[str, _Rendered, str]:
+    """(DOM, parsed page, its text with whitespace collapsed) of the report as it opens."""
+    dom = render(html, tmp_path / "profile")
+    page = parse(dom)
+    return dom, page, " ".join(" ".join(page.text).split())
+
+
 def _assert_readable_tables(page: _Rendered, text: str) -> None:
     assert "System Message" not in text and "Error in" not in text, "docutils error on the front page"
     long = [c for c in page.cells if re.search(r"(?<![\w.])\d\.\d{4}", c)]  # 0.8123..., not arXiv 2602.09477
@@ -181,9 +188,7 @@ def _assert_readable_tables(page: _Rendered, text: str) -> None:
 @pytest.mark.e2e
 def test_report_front_page_is_the_cohort_on_a_researchers_slides(cohort_report, tmp_path):
     workdir, html = cohort_report
-    dom = render(html, tmp_path / "profile")
-    page = parse(dom)
-    text = " ".join(" ".join(page.text).split())
+    dom, page, text = front_page(html, tmp_path)
     assert headings(dom) == ["Slides", "Benchmark", "Comparisons"]  # no claims, no empty FROC
     _assert_readable_tables(page, text)
     # the slides table: the failed slide first, with its reason, then the slides with their predictions
@@ -202,9 +207,7 @@ def test_report_front_page_is_the_cohort_on_a_researchers_slides(cohort_report, 
 @pytest.mark.e2e
 def test_report_front_page_of_the_demo_has_the_claims_and_the_froc(report, tmp_path):
     workdir, html = report
-    dom = render(html, tmp_path / "profile")
-    page = parse(dom)
-    text = " ".join(" ".join(page.text).split())
+    dom, page, text = front_page(html, tmp_path)
     assert "slidemil report" in text  # the workflow description, put in place by the report's JS
     for category in ("0. Slides", "1. Benchmark", "4. Attention heatmaps", "6. Quality control"):
         assert category in text, f"menu lacks {category!r}"
