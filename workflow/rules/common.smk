@@ -1,6 +1,7 @@
 # Sample sheet, config validation and input helpers shared by every rule file.
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import re
@@ -18,7 +19,8 @@ from slidemil.plan.codeversion import code_version as _code_version  # noqa: E40
 from slidemil.plan.jobs import FamilySettings, slide_batches  # noqa: E402
 from slidemil.cohorts.sheet import DEMO_MIMIC, DEMO_SLIDES, DEMO_TUMOUR, annotation_table, check_sheet, read_sheet  # noqa: E402
 from slidemil.config import unknown_key_line, with_defaults  # noqa: E402
-from slidemil.plan.catalogue import build_catalogue, check_weights, round_encoder  # noqa: E402
+from slidemil.slides.summary import print_run_summary  # noqa: E402,F401 (the Snakefile's onsuccess/onerror)
+from slidemil.plan.catalogue import build_catalogue, check_weights, round_encoder, without_run_keys  # noqa: E402
 from slidemil.plan import registered  # noqa: E402
 from slidemil.plan.workdir import workflow_file  # noqa: E402
 
@@ -43,6 +45,9 @@ SLIDES = list(SAMPLES.index)
 SLIDE_PATHS = dict(zip(SLIDES, SAMPLES["path"]))
 SLIDE_MPP = {s: float(m) for s, m in zip(SLIDES, SAMPLES["mpp"]) if m == m} if "mpp" in SAMPLES.columns else {}
 SLIDE_LABELS = dict(zip(SLIDES, SAMPLES["label"]))
+# Jobs that read only the sheet's slide ids (QC table, indexes, label-free pretraining) do not take the sheet
+# as an input (a relabel would rerun them): the ids' digest is their param, the shell reads {config[samples]}
+SLIDE_IDS = hashlib.sha256("\n".join(SLIDES).encode()).hexdigest()[:16]
 ANNOTATION_TABLE = annotation_table(SAMPLES, config["demo"]["enabled"])  # tumour and mimic outlines per slide
 ANNOTATIONS = "results/annotations.json"  # the same table, for the jobs (rule annotations_index)
 ENCODERS = CATALOGUE.encoders  # embedded once: frozen entries and label-free pretrained ones (scope all)
@@ -117,8 +122,17 @@ def encoder_arg(wildcards) -> str:
 
 
 def encoder_block(encoder: str) -> str:
-    """An encoder's entry, every field filled in, as the embed job's --encoder."""
-    return as_arg(dataclasses.asdict(ENCODERS[encoder]))
+    """An encoder's entry, every field filled in but `workers` (resource `workers`), as the embed job's --encoder."""
+    return as_arg(without_run_keys(dataclasses.asdict(ENCODERS[encoder])))
+
+
+def workers_of(encoder: str) -> int:
+    """DataLoader workers of an embed job: a resource, not a param, as they change no feature."""
+    return (ENCODERS[encoder] if encoder in ENCODERS else CATALOGUE.fold_encoder(encoder, 0)).workers
+
+
+def encoder_workers(wildcards) -> int:
+    return workers_of(wildcards.encoder)
 
 
 SEEDS = CATALOGUE.seeds
@@ -229,7 +243,7 @@ def fold_encoder_arg(wildcards) -> str:
 
 
 def fold_encoder_block(encoder: str, fold) -> str:
-    return as_arg(dataclasses.asdict(CATALOGUE.fold_encoder(encoder, fold)))
+    return as_arg(without_run_keys(dataclasses.asdict(CATALOGUE.fold_encoder(encoder, fold))))
 
 
 def pretrain_inputs(wildcards) -> dict:
@@ -240,10 +254,12 @@ def pretrain_inputs(wildcards) -> dict:
     if wildcards.scope not in PRETRAIN_SCOPES[wildcards.encoder]:
         raise ValueError(f"pretrain {wildcards.encoder}: scope {wildcards.scope} is not one of "
                          f"{PRETRAIN_SCOPES[wildcards.encoder]}")
-    inputs = {"tiles": QC_TABLE, "samples": config["samples"],
-              "graphs": GRAPHS_INDEX if CATALOGUE.needs_graphs(wildcards.encoder) else []}
+    inputs = {"tiles": QC_TABLE, "graphs": GRAPHS_INDEX if CATALOGUE.needs_graphs(wildcards.encoder) else [],
+              "samples": config["samples"] if CATALOGUE.uses_labels(wildcards.encoder) else []}  # else ids only
     if wildcards.scope != "all":
         inputs["folds"] = "results/folds.csv"
+    init = PRETRAIN[wildcards.encoder].weights
+    inputs["weights"] = [init] if init else []  # as embed's: a replaced initial-weights file reruns pretraining
     return inputs
 
 
@@ -253,17 +269,16 @@ def pretrain_graphs_flag(wildcards) -> str:
 
 
 def pretrain_arg(wildcards) -> str:
-    return as_arg(dataclasses.asdict(PRETRAIN[wildcards.encoder]))
+    """The entry but `workers` and `gpus` (resources `workers`, `gpu`): they change no weights."""
+    return as_arg(without_run_keys(dataclasses.asdict(PRETRAIN[wildcards.encoder])))
+
+
+def pretrain_workers(wildcards) -> int:
+    return PRETRAIN[wildcards.encoder].workers
 
 
 def pretrain_gpus(wildcards) -> int:
     return PRETRAIN[wildcards.encoder].gpus
-
-
-def pretrain_launcher(wildcards) -> str:
-    """`python -m slidemil`, or torchrun with one process per GPU when the entry asks for several."""
-    n = PRETRAIN[wildcards.encoder].gpus
-    return f"torchrun --standalone --nproc_per_node {n} -m slidemil" if n > 1 else "python -m slidemil"
 
 
 def pretrain_folds_flag(wildcards, input) -> str:
@@ -292,6 +307,15 @@ def features_index(encoder: str, fold) -> str:
     return f"{encoder_features_dir(encoder, fold)}/index.tsv"
 
 
+def mil_graphs(wildcards) -> list[str]:
+    """The graphs' index, for MIL runs whose model reads graphs: graph.radius reruns no other run."""
+    return [GRAPHS_INDEX] if CATALOGUE.mil_needs_graphs(wildcards.model) else []
+
+
+def mil_graphs_flag(wildcards) -> str:
+    return "--graphs-dir results/graphs" if CATALOGUE.mil_needs_graphs(wildcards.model) else ""
+
+
 def mil_features(wildcards) -> str:
     """The feature index of a MIL job (encoder, fold), in its encoder's scope."""
     return features_index(wildcards.encoder, wildcards.fold)
@@ -312,7 +336,11 @@ def feature_stores(features_dir: str) -> list[str]:
 
 def hnm_arg(wildcards) -> str:
     """The run's params without `rounds`/`enabled`: raising `rounds` leaves finished rounds as they are."""
-    return as_arg(HNM[wildcards.run].round_params())
+    return as_arg(without_run_keys(HNM[wildcards.run].round_params()))  # `workers`: resource `workers`
+
+
+def hnm_workers(wildcards) -> int:
+    return HNM[wildcards.run].workers
 
 
 def hnm_previous_encoder(wildcards) -> str:
@@ -359,7 +387,7 @@ def hnm_init_flag(wildcards, input) -> str:
 
 
 def hnm_base_arg(wildcards) -> str:
-    return as_arg(dataclasses.asdict(CATALOGUE.hnm_base(wildcards.run, wildcards.fold)))
+    return as_arg(without_run_keys(dataclasses.asdict(CATALOGUE.hnm_base(wildcards.run, wildcards.fold))))
 
 
 def hnm_run_rounds(wildcards) -> list[str]:
