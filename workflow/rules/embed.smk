@@ -4,7 +4,7 @@
 
 EMBED_SHELL = (
     "python -m slidemil embed --tiles {input.tiles:q} --encoder {params.encoder} {params.weights} "
-    "--seed {params.seed} --device {params.device} --threads {threads} --out {output:q} 2> {log:q}"
+    "--workers {resources.workers} --seed {params.seed} --device {params.device} --threads {threads} --out {output:q} 2> {log:q}"
 )
 
 
@@ -29,6 +29,7 @@ if EMBED_PER_JOB == 1:
         threads: config["embed"]["threads"]
         resources:
             gpu=1,
+            workers=encoder_workers,  # DataLoader workers: how the job runs, not what it writes (no param)
             mem_mb=4000,
             runtime=30,
         conda:
@@ -66,6 +67,7 @@ else:
                 threads: config["embed"]["threads"]
                 resources:
                     gpu=1,
+                    workers=workers_of(_encoder),  # DataLoader workers: how the job runs, not what it writes (no param)
                     mem_mb=4000,
                     runtime=30,
                 conda:
@@ -100,6 +102,7 @@ if EMBED_PER_JOB == 1:
         threads: config["embed"]["threads"]
         resources:
             gpu=1,
+            workers=encoder_workers,  # DataLoader workers: how the job runs, not what it writes (no param)
             mem_mb=4000,
             runtime=30,
         conda:
@@ -135,6 +138,7 @@ else:
                     threads: config["embed"]["threads"]
                     resources:
                         gpu=1,
+                        workers=workers_of(_encoder),  # DataLoader workers: how the job runs, not what it writes (no param)
                         mem_mb=4000,
                         runtime=30,
                     conda:

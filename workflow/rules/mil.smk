@@ -30,7 +30,7 @@ MIL_CACHE_MB = config["mil"]["cache_mb"]
 rule mil:
     input:
         features=mil_features,  # the scope's index.tsv (all, or fold{k}): one edge, not one per slide
-        graphs=GRAPHS_INDEX,  # SRMIL's tile graphs, through their index likewise
+        graphs=mil_graphs,  # SRMIL's tile graphs, through their index likewise; other models read none
         folds="results/folds.csv",
         samples=config["samples"],
     output:
@@ -42,6 +42,7 @@ rule mil:
         cfg=lookup(dpath="{model}", within=MIL_RUNS),  # this run's block over mil's top-level keys
         classes=as_arg(config["classes"]),
         features_dir=features_dir,
+        graphs=mil_graphs_flag,
         out_dir="results/mil/{encoder}/{model}/fold{fold}/seed{seed}",
         code=mil_code,
     log:
@@ -56,4 +57,4 @@ rule mil:
     conda:
         "../../envs/torch.yaml"
     shell:
-        "python -m slidemil mil --features-dir {params.features_dir} --folds {input.folds:q} --samples {input.samples:q} --fold {wildcards.fold} --model {wildcards.model} --params {params.cfg:q} --classes {params.classes} --seed {wildcards.seed} --threads {threads} --graphs-dir results/graphs --cache-mb {MIL_CACHE_MB} --out-dir {params.out_dir} 2> {log:q}"
+        "python -m slidemil mil --features-dir {params.features_dir} --folds {input.folds:q} --samples {input.samples:q} --fold {wildcards.fold} --model {wildcards.model} --params {params.cfg:q} --classes {params.classes} --seed {wildcards.seed} --threads {threads} {params.graphs} --cache-mb {MIL_CACHE_MB} --out-dir {params.out_dir} 2> {log:q}"

@@ -69,7 +69,6 @@ rule qc_cohort:
     input:
         tiles=expand("results/tiles/{slide}.zarr", slide=SLIDES),
         masks=expand("results/masks/{slide}.json", slide=SLIDES),
-        samples=config["samples"],  # names the slides (n paths on the command line would overflow it)
     output:
         table=report(
             QC_TABLE,
@@ -84,13 +83,17 @@ rule qc_cohort:
             labels={"result": "QC overview"},
         ),
     params:
+        slides=SLIDE_IDS,  # the sheet names the slides (n paths would overflow the command line): ids only
         code=code_version("cli:cmd_qc"),
     log:
         "logs/qc_cohort/cohort.log",
+    priority: 50  # before embedding and pretraining start on a cohort it may reject
     conda:
         "../../envs/slide-io.yaml"
     shell:
-        "python -m slidemil qc --tiles-dir results/tiles --masks-dir results/masks --samples {input.samples:q} --out {output.table:q} --plot {output.plot:q} 2> {log:q}"
+        "python -m slidemil qc --tiles-dir results/tiles --masks-dir results/masks --samples {config[samples]:q} --out {output.table:q} --plot {output.plot:q} "
+        # the run's gate, not a param: the table does not depend on it, so a new ceiling reruns nothing
+        "--max-failed-fraction {config[max_failed_fraction]} --on-slide-error {config[on_slide_error]} 2> {log:q}"
 
 
 # Optional, not in `rule all`: CLAM/TRIDENT-style HDF5 per slide (`snakemake --cores 2 export_h5_all`).

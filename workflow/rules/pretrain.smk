@@ -14,9 +14,9 @@ rule pretrain:
         folds=pretrain_folds_flag,
         graphs=pretrain_graphs_flag,
         classes=as_arg(config["classes"]),
+        slides=SLIDE_IDS,  # label-free entries read the sheet's ids only (labels: the sheet is an input)
         seed=config["seed"],
         device=config["embed"]["device"],
-        launcher=pretrain_launcher,
         code=pretrain_code,
     log:
         "logs/pretrain/{encoder}/{scope}.log",
@@ -28,12 +28,14 @@ rule pretrain:
     threads: 2
     priority: 10  # a long job that every embed and MIL job of its encoder waits for
     resources:
-        gpu=pretrain_gpus,
+        gpu=pretrain_gpus,  # > 1: torchrun, one process per GPU (the shell reads it: gpus change no weights)
+        workers=pretrain_workers,
         mem_mb=16000,
         runtime=720,
     conda:
         "../../envs/torch.yaml"
     shell:
-        "{params.launcher} pretrain --params {params.cfg} --scope {wildcards.scope} --tiles-dir results/tiles "
-        "{params.graphs} {params.folds} --samples {input.samples:q} --classes {params.classes} "
+        "launch=python; [ {resources.gpu} -le 1 ] || launch='torchrun --standalone --nproc_per_node {resources.gpu}'; "
+        "$launch -m slidemil pretrain --params {params.cfg} --workers {resources.workers} --scope {wildcards.scope} --tiles-dir results/tiles "
+        "{params.graphs} {params.folds} --samples {config[samples]:q} --classes {params.classes} "
         "--seed {params.seed} --device {params.device} --threads {threads} --out {output:q} 2> {log:q}"

@@ -21,6 +21,16 @@ from slidemil.mil.params import MilRun, mil_grid, mil_runs
 from slidemil.plan import registered
 
 
+# How a job runs, not what it writes: kept out of the rules' params, which rerun a job when they change
+# (tests/test_rerun_matrix.py); the jobs get them apart (resources `workers` and `gpu`).
+RUN_ONLY_KEYS = ("workers", "gpus")
+
+
+def without_run_keys(entry: dict) -> dict:
+    """A config entry's fields that shape what its jobs write: every one but RUN_ONLY_KEYS."""
+    return {k: v for k, v in entry.items() if k not in RUN_ONLY_KEYS}
+
+
 def encoder_weights(name: str, scope: str) -> str:
     """Where a trained encoder's weights are written (rules pretrain and hnm_finetune)."""
     return f"results/encoders/{name}/{scope}/encoder.pt"
@@ -83,9 +93,17 @@ class Catalogue:
     def all_encoders(self) -> list[str]:
         return [*self.encoders, *self.fold_encoders]
 
+    def uses_labels(self, pretrain: str) -> bool:
+        """Whether an entry's objective reads slide labels (only then does its job read the sheet's labels)."""
+        return bool(registered.objectives()[self.pretrain[pretrain].objective].attrs.get("uses_labels"))
+
     def needs_graphs(self, pretrain: str) -> bool:
         """Whether an entry's pair sampler reads the neighbour graphs."""
         return bool(registered.samplers()[self.pretrain[pretrain].sampler].attrs.get("needs_graph"))
+
+    def mil_needs_graphs(self, run: str) -> bool:
+        """Whether MIL run `run`'s model reads the neighbour graphs (SRMIL): only those runs take them."""
+        return bool(registered.mil_models()[self.mil_runs[run].model].attrs.get("needs_graph"))
 
     def mil_modules(self, run: str) -> tuple[str, ...]:
         """The registered module MIL run `run` trains (its code version covers no other model's file)."""
