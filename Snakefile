@@ -31,6 +31,15 @@ include: "workflow/rules/hnm.smk"
 include: "workflow/rules/evaluate.smk"
 
 
+# Every run ends with the cohort's summary: slides ok / empty / failed, the first reasons, the QC table.
+onsuccess:
+    print_run_summary(config["samples"], QC_TABLE, config["max_failed_fraction"], config["on_slide_error"])
+
+
+onerror:
+    print_run_summary(config["samples"], QC_TABLE, config["max_failed_fraction"], config["on_slide_error"])
+
+
 rule all:
     input:
         all_outputs(),
