@@ -347,3 +347,68 @@ def test_corrupt_jpeg_tiles_are_an_error_not_garbage(small_slide, tmp_path, dama
         tile_slide(bad, mask, tmp_path / "t.zarr", TileParams(target_mpp=0.5, tile_size=256, min_tissue=0.1),
                    "bad", progress=False)
     assert not (tmp_path / "t.zarr").exists()
+
+
+# --- bit rot: a few undecodable JPEG tiles are left out and flagged, many fail the slide --------------
+
+def _rot(slide, dst, tiles: list[tuple[int, int]]):
+    """Copy `slide` with garbage over the middle of the entropy-coded data of level-0 source tiles `tiles`
+    ((tx, ty)); each tile's JPEG frame (SOI ... EOI) stays intact, so only decoding shows the damage."""
+    import shutil
+
+    from slidemil.slides.jpeg_tiles import open_tiled_jpeg_level
+
+    shutil.copy(slide, dst)
+    lv = open_tiled_jpeg_level(dst, open_slide(dst), 0)
+    with open(dst, "r+b") as f:
+        for tx, ty in tiles:
+            off, n = int(lv.offsets[ty, tx]), int(lv.counts[ty, tx])
+            f.seek(off + n // 3)
+            f.write(bytes(range(7, 250)) * ((n // 3) // 243))
+    lv.close()
+    return dst
+
+
+@pytest.mark.parametrize("tile_size", [256, 64])  # copied source tiles (no decode), and tiles cut from them
+def test_one_rotten_jpeg_tile_is_left_out_and_flagged_not_the_slide(small_slide, tmp_path, tile_size):
+    from slidemil.slides.qc import slide_row
+
+    slide, _ = small_slide
+    mask = _masked(slide, tmp_path)
+    params = TileParams(target_mpp=0.5, tile_size=tile_size, min_tissue=0.0, max_bad_tiles_fraction=0.1)
+    whole = tile_slide(slide, mask, tmp_path / "ok.zarr", params, "s", progress=False)
+    bad = _rot(slide, tmp_path / "rot.tiff", [(2, 1)])  # level-0 source tile (2, 1): x 512-767, y 256-511
+    attrs = tile_slide(bad, mask, tmp_path / "rot.zarr", params, "rot", progress=False)
+    per_source = (256 // tile_size) ** 2
+    assert attrs["status"] == "ok" and attrs["n_tiles"] == whole["n_tiles"] - per_source
+    assert attrs["bad_tiles"] == per_source and attrs["bad_source_tiles"] == [[2, 1]]
+    assert all(512 <= x < 768 and 256 <= y < 512 for x, y in attrs["bad_tile_coords"])
+    tiles, coords, stored = _tiles(tmp_path / "rot.zarr")
+    ok_tiles, ok_coords, _ = _tiles(tmp_path / "ok.zarr")
+    kept = [i for i, (x, y) in enumerate(ok_coords) if not (512 <= x < 768 and 256 <= y < 512)]
+    assert len(tiles) == len(coords) == zarr.open_group(str(tmp_path / "rot.zarr"))["grid"].shape[0] == attrs["n_tiles"]
+    assert stored == attrs
+    np.testing.assert_array_equal(coords, ok_coords[kept])  # every other tile, as the intact slide gives it
+    np.testing.assert_array_equal(tiles, ok_tiles[kept])
+    from slidemil.slides.tile_reader import TileReader
+
+    np.testing.assert_array_equal(TileReader(tmp_path / "rot.zarr").read(len(tiles) - 1), tiles[-1])  # the networks' reader
+    (tmp_path / "rot.json").write_text((tmp_path / "m.json").read_text())
+    row = slide_row(tmp_path / "rot.zarr", tmp_path / "rot.json")
+    assert row["status"] == "ok" and row["bad_tiles"] == per_source and "bad_tiles" in row["flags"].split(",")
+    assert row["bad_tile_positions"].split(";")[0] == "512,256"
+
+
+def test_many_rotten_tiles_fail_the_slide_with_the_count_and_the_fraction(small_slide, tmp_path):
+    from slidemil.slides.errors import SlideError
+
+    slide, _ = small_slide
+    mask = _masked(slide, tmp_path)
+    bad = _rot(slide, tmp_path / "rot.tiff", [(1, 1), (2, 1), (3, 2)])
+    with pytest.raises(SlideError) as e:  # 3 of 24 source tiles: above the default 1%
+        tile_slide(bad, mask, tmp_path / "t.zarr", TileParams(target_mpp=0.5, tile_size=256, min_tissue=0.0),
+                   "rot", progress=False)
+    msg = str(e.value)
+    assert msg.startswith(f"{bad}: 3 of 24 tiles touch undecodable JPEG tiles (first: source tile (1, 1) of level 0)")
+    assert "tile.max_bad_tiles_fraction (0.01)" in msg and "truncated or corrupt" in msg and "\n" not in msg
+    assert not (tmp_path / "t.zarr").exists()
