@@ -98,3 +98,38 @@ def test_a_cohort_config_runs_what_it_says_and_nothing_of_the_demos(tmp_path, co
     assert sorted(encoders) == sorted(e["name"] for e in cfg["encoders"])
     assert {e["input_size"] for e in encoders.values()} == {cfg["tile"]["tile_size"]}  # not the demo's 64 px
     assert {p["tile_size"] for p in _json_args(out, "preprocess", "--params")} == {cfg["tile"]["tile_size"]}
+
+
+def readme_report_command() -> list[str]:
+    """The report command README.md shows for a run with a config of one's own (`my.yaml`)."""
+    readme = (ROOT / "README.md").read_text()
+    found = re.findall(r"^snakemake (?:.* )?--report results/report\.html$", readme, re.MULTILINE)
+    assert found, "README.md shows no report command line in a code block"
+    return shlex.split(found[0])[1:]
+
+
+@pytest.mark.e2e
+def test_the_readmes_report_command_works_on_a_cohort_of_ones_own(finished_run, tmp_path):
+    """A non-demo cohort (the finished tiny run's slides, demo off: no tumour annotations, so no probe),
+    run with its own config, then reported with the README's command line: every file marked for
+    the report exists (the bare `--report` planned the demo's results/probe.csv)."""
+    workdir = tmp_path / "cohort"
+    shutil.copytree(finished_run, workdir, symlinks=True)
+    shutil.rmtree(workdir / "results/probe")  # what a cohort without annotations never writes
+    (workdir / "results/probe.csv").unlink()
+    cfg = yaml.safe_load((workdir / "config.yaml").read_text())
+    cfg["demo"]["enabled"] = False  # the slides exist: a cohort like any other, without annotations
+    (workdir / "my.yaml").write_text(yaml.safe_dump(cfg))
+    run = [*SNAKEMAKE, "--directory", str(workdir), "--cores", "2"]
+    # the run of my.yaml, cheaply: the annotation table and what reads it (heatmaps, front page) are redone;
+    # by mtime only, as demo_slide's params hold demo.enabled and would redo the whole cohort
+    proc = subprocess.run([*run, "--configfile", "my.yaml", "--rerun-triggers", "mtime", "--forcerun", "annotations_index"],
+                          capture_output=True, text=True, cwd=workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((workdir / "results/annotations.json").read_text())["tumour"] == {}
+
+    args = readme_report_command()
+    assert "--configfile" in args, f"README's report command {args} does not name the run's config"
+    proc = subprocess.run([*run, *args], capture_output=True, text=True, cwd=workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (workdir / "results/report.html").stat().st_size > 0
