@@ -46,8 +46,12 @@ SLIDE_PATHS = dict(zip(SLIDES, SAMPLES["path"]))
 SLIDE_MPP = {s: float(m) for s, m in zip(SLIDES, SAMPLES["mpp"]) if m == m} if "mpp" in SAMPLES.columns else {}
 SLIDE_LABELS = dict(zip(SLIDES, SAMPLES["label"]))
 # Jobs that read only the sheet's slide ids (QC table, indexes, label-free pretraining) do not take the sheet
-# as an input (a relabel would rerun them): the ids' digest is their param, the shell reads {config[samples]}
+# as an input (a relabel would rerun them): the ids' digest is their param, the sheet's path is a param
 SLIDE_IDS = hashlib.sha256("\n".join(SLIDES).encode()).hexdigest()[:16]
+SAMPLE_SHEET = config["samples"]
+# resources of the qc job, not params: the ceiling decides whether the run stops, never what the table holds
+MAX_FAILED_FRACTION = config["max_failed_fraction"]
+ON_SLIDE_ERROR = config["on_slide_error"]
 ANNOTATION_TABLE = annotation_table(SAMPLES, config["demo"]["enabled"])  # tumour and mimic outlines per slide
 ANNOTATIONS = "results/annotations.json"  # the same table, for the jobs (rule annotations_index)
 ENCODERS = CATALOGUE.encoders  # embedded once: frozen entries and label-free pretrained ones (scope all)

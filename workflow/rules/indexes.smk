@@ -10,6 +10,7 @@ rule features_index:
         "results/features/{encoder}/index.tsv",
     params:
         slides=SLIDE_IDS,  # the sheet names the slides (n paths would overflow the command line): ids only
+        sheet=SAMPLE_SHEET,  # its path: a relabel in place keeps both params
         features_dir="results/features/{encoder}",
         code=code_version("cli:cmd_features_index"),
     log:
@@ -22,7 +23,7 @@ rule features_index:
     conda:
         "../../envs/slide-io.yaml"
     shell:
-        "python -m slidemil features-index --features-dir {params.features_dir:q} --samples {config[samples]:q} --out {output:q} 2> {log:q}"
+        "python -m slidemil features-index --features-dir {params.features_dir:q} --samples {params.sheet:q} --out {output:q} 2> {log:q}"
 
 
 use rule features_index as features_index_fold with:
@@ -30,6 +31,7 @@ use rule features_index as features_index_fold with:
         "results/features/{encoder}/fold{fold}/index.tsv",
     params:
         slides=SLIDE_IDS,
+        sheet=SAMPLE_SHEET,
         features_dir="results/features/{encoder}/fold{fold}",
         code=code_version("cli:cmd_features_index"),
     log:
@@ -45,6 +47,7 @@ rule graphs_index:
         GRAPHS_INDEX,
     params:
         slides=SLIDE_IDS,
+        sheet=SAMPLE_SHEET,
         code=code_version("cli:cmd_graphs_index"),
     log:
         "logs/graphs_index.log",
@@ -54,7 +57,7 @@ rule graphs_index:
     conda:
         "../../envs/slide-io.yaml"
     shell:
-        "python -m slidemil graphs-index --graphs-dir results/graphs --samples {config[samples]:q} --out {output:q} 2> {log:q}"
+        "python -m slidemil graphs-index --graphs-dir results/graphs --samples {params.sheet:q} --out {output:q} 2> {log:q}"
 
 
 rule annotations_index:

@@ -22,11 +22,6 @@ rule folds:
         "python -m slidemil folds --samples {input.samples:q} --params {params.cfg} --seed {params.seed} --out {output:q} 2> {log:q}"
 
 
-# How a job runs, not what it writes (Snakemake reruns a job whose params change): the shell reads it
-# as a global, so a larger cache reruns nothing (tests/test_rerun_matrix.py).
-MIL_CACHE_MB = config["mil"]["cache_mb"]
-
-
 rule mil:
     input:
         features=mil_features,  # the scope's index.tsv (all, or fold{k}): one edge, not one per slide
@@ -52,9 +47,11 @@ rule mil:
     threads: 1
     resources:
         gpu=1,
+        # how the job runs, not what it writes: a resource, not a param, so a larger cache reruns nothing
+        cache_mb=config["mil"]["cache_mb"],
         mem_mb=8000,
         runtime=60,
     conda:
         "../../envs/torch.yaml"
     shell:
-        "python -m slidemil mil --features-dir {params.features_dir} --folds {input.folds:q} --samples {input.samples:q} --fold {wildcards.fold} --model {wildcards.model} --params {params.cfg:q} --classes {params.classes} --seed {wildcards.seed} --threads {threads} {params.graphs} --cache-mb {MIL_CACHE_MB} --out-dir {params.out_dir} 2> {log:q}"
+        "python -m slidemil mil --features-dir {params.features_dir} --folds {input.folds:q} --samples {input.samples:q} --fold {wildcards.fold} --model {wildcards.model} --params {params.cfg:q} --classes {params.classes} --seed {wildcards.seed} --threads {threads} {params.graphs} --cache-mb {resources.cache_mb} --out-dir {params.out_dir} 2> {log:q}"

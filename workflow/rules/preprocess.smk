@@ -84,16 +84,20 @@ rule qc_cohort:
         ),
     params:
         slides=SLIDE_IDS,  # the sheet names the slides (n paths would overflow the command line): ids only
+        sheet=SAMPLE_SHEET,
         code=code_version("cli:cmd_qc"),
     log:
         "logs/qc_cohort/cohort.log",
     priority: 50  # before embedding and pretraining start on a cohort it may reject
+    resources:
+        # the run's gate, not a param: the table does not depend on it, so a new ceiling reruns nothing
+        max_failed_fraction=str(MAX_FAILED_FRACTION),
+        on_slide_error=ON_SLIDE_ERROR,
     conda:
         "../../envs/slide-io.yaml"
     shell:
-        "python -m slidemil qc --tiles-dir results/tiles --masks-dir results/masks --samples {config[samples]:q} --out {output.table:q} --plot {output.plot:q} "
-        # the run's gate, not a param: the table does not depend on it, so a new ceiling reruns nothing
-        "--max-failed-fraction {config[max_failed_fraction]} --on-slide-error {config[on_slide_error]} 2> {log:q}"
+        "python -m slidemil qc --tiles-dir results/tiles --masks-dir results/masks --samples {params.sheet:q} --out {output.table:q} --plot {output.plot:q} "
+        "--max-failed-fraction {resources.max_failed_fraction} --on-slide-error {resources.on_slide_error} 2> {log:q}"
 
 
 # Optional, not in `rule all`: CLAM/TRIDENT-style HDF5 per slide (`snakemake --cores 2 export_h5_all`).

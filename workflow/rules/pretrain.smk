@@ -15,6 +15,7 @@ rule pretrain:
         graphs=pretrain_graphs_flag,
         classes=as_arg(config["classes"]),
         slides=SLIDE_IDS,  # label-free entries read the sheet's ids only (labels: the sheet is an input)
+        sheet=SAMPLE_SHEET,
         seed=config["seed"],
         device=config["embed"]["device"],
         code=pretrain_code,
@@ -37,5 +38,5 @@ rule pretrain:
     shell:
         "launch=python; [ {resources.gpu} -le 1 ] || launch='torchrun --standalone --nproc_per_node {resources.gpu}'; "
         "$launch -m slidemil pretrain --params {params.cfg} --workers {resources.workers} --scope {wildcards.scope} --tiles-dir results/tiles "
-        "{params.graphs} {params.folds} --samples {config[samples]:q} --classes {params.classes} "
+        "{params.graphs} {params.folds} --samples {params.sheet:q} --classes {params.classes} "
         "--seed {params.seed} --device {params.device} --threads {threads} --out {output:q} 2> {log:q}"
