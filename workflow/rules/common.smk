@@ -277,6 +277,12 @@ def pretrain_arg(wildcards) -> str:
     return as_arg(without_run_keys(dataclasses.asdict(PRETRAIN[wildcards.encoder])))
 
 
+def pretrain_classes(wildcards) -> str:
+    """The classes, for entries whose objective reads labels; [] for the others (adding a class reruns no
+    label-free pretraining)."""
+    return as_arg(config["classes"] if CATALOGUE.uses_labels(wildcards.encoder) else [])
+
+
 def pretrain_workers(wildcards) -> int:
     return PRETRAIN[wildcards.encoder].workers
 

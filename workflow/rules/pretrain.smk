@@ -13,7 +13,7 @@ rule pretrain:
         cfg=pretrain_arg,
         folds=pretrain_folds_flag,
         graphs=pretrain_graphs_flag,
-        classes=as_arg(config["classes"]),
+        classes=pretrain_classes,
         slides=SLIDE_IDS,  # label-free entries read the sheet's ids only (labels: the sheet is an input)
         sheet=SAMPLE_SHEET,
         seed=config["seed"],
