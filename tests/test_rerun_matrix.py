@@ -2,28 +2,33 @@
 another valid value, replans exactly the jobs that read it and their descendants; nothing more (wasteful),
 nothing less (stale). Sample-sheet edits get the same table.
 
-The table below is written once, as data: key -> (new value, the first jobs it reruns). The descendants are
-not written by hand: they are Snakemake's own, from a dry run with `--forcerun <first jobs>` on the
-unchanged config, so the test compares two dry runs job by job. Keys whose change alters the DAG's shape
-(more folds, another seed, a renamed encoder) are compared rule by rule against a written set instead.
-Every key of the typed config (slidemil.config's dataclasses) must have a row: a new key without one fails.
+The table below is written once, as data: key -> (new value, the first jobs it reruns, as output globs of
+the finished run). The descendants are not written by hand: they are Snakemake's own, from a dry run with
+`--forcerun <those outputs>` on the unchanged config, so the test compares two dry runs job by job. Keys
+whose change alters the DAG's shape (more folds, another seed, a renamed encoder) and sheet edits (a new
+slide's jobs cannot be forced) are compared against written jobs per rule family instead. Every key of the
+typed config (slidemil.config's dataclasses) must have a row: a new key without one fails.
 
-Code edits (a module's import closure) have their own table, in CODE_EDITS below.
+Two finished runs: the shared `finished_run` (the demo's slides, 2 folds, 2 seeds), and a copy of it made
+a researcher's cohort (its own sheet: demo off, annotations in the sheet), with one short round of
+hard-negative mining: the mining keys and the sheet edits are checked there. Code edits (a module's import
+closure) are tests/test_workflow.py's (test_code_edits_rerun_what_they_change_and_nothing_else).
 
-One finished run, then only dry runs: each is a fork of one process that has imported Snakemake once
-(start-up was half of a dry run), two at a time.
+Then only dry runs: each is a fork of one process that has imported Snakemake and the planning modules once
+and read the package's code once (start-up and code hashing were most of a dry run), two at a time.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import typing
 from pathlib import Path
@@ -33,33 +38,37 @@ import yaml
 
 from test_workflow import ROOT, _tiny_config, snakemake
 
-pytestmark = pytest.mark.e2e
-
 # --- the table ------------------------------------------------------------------------------------------
-# First jobs: rule-name globs (e.g. "embed_b*_resnet18_rand", one rule per batch), or output globs under
-# results/ (a subset of a rule's jobs, e.g. one MIL run's). Encoders of the fixture: resnet18_rand (frozen),
-# simclr-spatial (pretrained on all slides, spatial pairs) and the mining run simclr-hnm's round 1
-# (simclr-hnm-r1, per fold). MIL runs: mean and abmil.
-RAND = ["embed_b*_resnet18_rand"]
-PRETRAIN = ["pretrain"]
-TILE = ["tile_b*"]
-MINE = ["hnm_mine"]
-FINETUNE = ["hnm_finetune"]
-HNM = [*MINE, *FINETUNE, "hnm_mining"]
-ABMIL = ["results/mil/*/abmil/*/*/predictions.csv"]
-MEAN = ["results/mil/*/mean/*/*/predictions.csv"]
+# First jobs, as output globs of the finished run (--forcerun takes files): the job writing each one.
+# Encoders of `finished_run`: resnet18_rand (frozen) and simclr-spatial (pretrained once on every slide,
+# spatial pairs, label-free); MIL runs mean and abmil; seeds 0 and 1.
+DEMO = ["results/demo/slides/*.tiff"]
+TILE = ["results/tiles/*.zarr"]
+QC = ["results/qc/cohort.tsv"]
+GRAPH = ["results/graphs/*.npz"]
+RAND = ["results/features/resnet18_rand/*.zarr"]
+PRETRAIN = ["results/encoders/simclr-spatial/all/encoder.pt"]
+FOLDS = ["results/folds.csv"]
+MIL = ["results/mil/*/*/fold*/seed*/predictions.csv"]
+ABMIL = ["results/mil/*/abmil/fold*/seed*/predictions.csv"]
+MEAN = ["results/mil/*/mean/fold*/seed*/predictions.csv"]
+EVALUATE = ["results/benchmark.csv"]
+HEATMAPS = ["results/heatmaps/*/*/instance_metrics.csv"]
+PROBE = ["results/probe/*.csv"]
+# the mining run (cohort_run): round 1 of simclr-hnm per fold, and its evidence table
+MINE = ["results/hnm/simclr-hnm/fold*/round1/gate.json"]
+FINETUNE = ["results/encoders/simclr-hnm-r1/fold*/encoder.pt"]
+MINING = ["results/hnm/simclr-hnm/mining.csv"]
 
 ROWS: dict[str, tuple[object, list[str]]] = {
-    # top level
-    "seed": (1, ["demo_slide", "folds", *RAND, *PRETRAIN, *HNM, "probe", "evaluate"]),
-    "on_slide_error": ("fail", TILE),
-    "max_failed_fraction": (0.5, ["qc_cohort"]),
-    "tile.max_bad_tiles_fraction": (0.05, TILE),
-    "evaluate.min_slides_per_class": (3, ["evaluate"]),
+    # top level: `seed` seeds the demo slides, the folds, random encoders, pretraining and the bootstrap
+    "seed": (1, [*DEMO, *FOLDS, *RAND, *PRETRAIN, *EVALUATE, *PROBE]),
+    "on_slide_error": ("fail", TILE),  # the QC gate reads it too, as a resource: how the run stops, not the table
+    "evaluate.min_slides_per_class": (3, EVALUATE),
     # the demo slides
-    "demo.width": (1600, ["demo_slide"]),
-    "demo.height": (1100, ["demo_slide"]),
-    "demo.mpp": (0.25, ["demo_slide"]),
+    "demo.width": (1600, DEMO),
+    "demo.height": (1100, DEMO),
+    "demo.mpp": (0.25, DEMO),
     # tissue mask and tiles: every stage after the slides
     **{f"mask.{k}": (v, TILE) for k, v in {
         "mask_mpp": 4.0, "min_saturation": 0.05, "max_value": 0.9, "min_value": 0.1, "exclude_ink": False,
@@ -68,27 +77,25 @@ ROWS: dict[str, tuple[object, list[str]]] = {
         "min_blur_um2": 40000.0}.items()},
     **{f"tile.{k}": (v, TILE) for k, v in {
         "target_mpp": 2.0, "tile_size": 48, "min_tissue": 0.4, "jpeg_quality": 80, "shard_tiles": 128,
-        "strip_tiles": 16, "allow_upsample": True, "copy_jpeg": False}.items()},
-    "graph.radius": (2, ["graph_b*"]),
+        "strip_tiles": 16, "allow_upsample": True, "copy_jpeg": False, "max_bad_tiles_fraction": 0.05}.items()},
+    # the graphs: spatial pretraining reads them; of the MIL models only SRMIL (not in this run)
+    "graph.radius": (2, GRAPH),
     # the frozen encoder's entry: its embedding, and the claims' metadata (evaluate)
-    **{f"encoders[0].{k}": (v, [*RAND, "evaluate"]) for k, v in {
-        "arch": "resnet34", "input_size": 48, "depth": 2, "batch_size": 64, "precision": "fp16"}.items()},
-    # the pretrained encoder's entry: its training, and what is built from its weights
-    **{f"pretrain.simclr-spatial.{k}": (v, [*PRETRAIN, "evaluate"]) for k, v in {
+    **{f"encoders[0].{k}": (v, [*RAND, *EVALUATE]) for k, v in {
+        "arch": "resnet34", "input_size": 48, "depth": 1, "batch_size": 64, "precision": "fp16"}.items()},
+    "encoders[0].weights": ("weights.pt", RAND),
+    "encoders[0].extra": ({"zero_init_residual": True}, RAND),
+    # the pretrained encoder's entry: its training, and the claims' metadata
+    **{f"pretrain.simclr-spatial.{k}": (v, [*PRETRAIN, *EVALUATE]) for k, v in {
         "objective": "byol", "objective_args": {"temperature": 0.2}, "radius": 2, "p": 0.7,
         "lr": 0.01, "optimizer": "adamw", "weight_decay": 0.001, "warmup_epochs": 1, "head": {"out": 64},
         "augment": {"jitter": 0.2}, "ema": 0.98, "balance_labels": True, "precision": "fp16", "epochs": 2,
-        "batch_size": 16, "tiles_per_epoch": 64}.items()},
-    # the mining run: mine and fine-tune read every key (round params); the summary reads them too
-    **{f"hnm.simclr-hnm.{k}": (v, HNM) for k, v in {
-        "neg_ratio": 0.3, "pos_threshold": 0.4, "spl_start": 0.3, "spl_end": 0.9, "warmup_epochs": 0, "epochs": 1,
-        "lr": 0.02, "weight_decay": 0.001, "batch_size": 8, "tiles_per_epoch": 16, "pos_batch_fraction": 0.4,
-        "pos_query_fraction": 0.1, "mask_uncertain_neg": False, "temperature": 0.1, "gate_metric": "auc",
-        "augment": {"jitter": 0.2}, "precision": "fp16", **{f"mil.{k}": v for k, v in {
-            "epochs": 1, "lr": 0.001, "weight_decay": 0.001, "mirank_k": 5, "mirank_weight": 0.2,
-            "dropout": 0.1}.items()}}.items()},
+        "batch_size": 16, "tiles_per_epoch": 64, "sampler": "augment", "backbone": "resnet34", "depth": 2,
+        "weights": "weights.pt", "input_size": 48}.items()},
+    # the device decides autocast (precision applies on CUDA only): what is written, so it reruns
+    "embed.device": ("cpu", [*RAND, "results/features/simclr-spatial/*.zarr", *PRETRAIN]),
     # MIL: training keys read by every run; a run's block by that run only
-    **{f"mil.{k}": (v, ["mil"]) for k, v in {
+    **{f"mil.{k}": (v, MIL) for k, v in {
         "epochs": 1, "lr": 0.001, "weight_decay": 0.001, "mirank_k": 5, "mirank_weight": 0.2, "device": "cpu"}.items()},
     "mil.models.mean.hidden": (64, MEAN),
     "mil.models.mean.dropout": (0.1, MEAN),
@@ -96,64 +103,83 @@ ROWS: dict[str, tuple[object, list[str]]] = {
     "mil.models.abmil.dropout": (0.1, ABMIL),
     "mil.models.abmil.lr": (0.001, ABMIL),  # a training key overridden for one run
     # evaluation: the split, the statistics, the heatmaps
-    "evaluate.val_fraction": (0.3, ["folds"]),
-    "evaluate.bootstrap": (20, ["evaluate", "probe"]),
-    "evaluate.baseline_encoder": ("simclr-spatial", ["evaluate"]),
-    "evaluate.baseline_model": ("mean", ["evaluate"]),
-    "evaluate.compare": ([{"a": "resnet18_rand/abmil", "b": "resnet18_rand/mean"}], ["evaluate"]),
-    "evaluate.claim_margin": (0.05, ["evaluate"]),
-    "evaluate.png_per_fold": (1, ["heatmaps"]),
-    **{f"evaluate.froc.{k}": (v, ["heatmaps"]) for k, v in {
+    "evaluate.val_fraction": (0.3, FOLDS),
+    "evaluate.bootstrap": (20, [*EVALUATE, *PROBE]),
+    "evaluate.baseline_encoder": ("simclr-spatial", EVALUATE),
+    "evaluate.baseline_model": ("mean", EVALUATE),
+    "evaluate.compare": ([{"a": "resnet18_rand/abmil", "b": "resnet18_rand/mean"}], EVALUATE),
+    "evaluate.claim_margin": (0.05, EVALUATE),
+    "evaluate.png_per_fold": (1, HEATMAPS),
+    **{f"evaluate.froc.{k}": (v, HEATMAPS) for k, v in {
         "merge_um": 50.0, "itc_um": None, "mask_um": 4.0, "nms_radius": 2}.items()},
 }
 
-# Keys that change the DAG's shape: the planned rules (batch rules by family) must be exactly these.
-EVERY_AFTER_FOLDS = {"folds", "pretrain", "embed_fold", "features_index_fold", "mil", "heatmaps", "probe",
-                     "probe_table", "evaluate", *HNM, "all"}
-STRUCTURAL: dict[str, tuple[object, set[str]]] = {
-    "seeds": ([0, 1], {"mil", "evaluate", "all"}),  # the new seed's runs; heatmaps show seed 0's
-    "evaluate.n_folds": (3, EVERY_AFTER_FOLDS - {"pretrain"}),
-    "classes": (["normal", "tumour", "other"], set()),  # filled in below
-    "mil.mirank": (True, {"mil", "heatmaps", "probe_table", "evaluate", "all"}),
-    "mil.models": ({"mean": {}, "abmil": {}, "max": {}}, set()),
-    "encoders[0].name": ("rand18", set()),
-    "encoders[0].weights": ("weights.pt", set()),
-    "encoders[0].extra": ({"zero_init_residual": True}, set()),
-    "demo.enabled": (False, set()),
-    "pretrain.simclr-spatial.sampler": ("augment", set()),
-    "pretrain.simclr-spatial.backbone": ("resnet34", set()),
-    "pretrain.simclr-spatial.depth": (2, set()),
-    "pretrain.simclr-spatial.weights": ("weights.pt", set()),
-    "pretrain.simclr-spatial.input_size": (48, set()),
-    "pretrain.simclr-spatial.scope": ("folds", set()),
-    "pretrain.simclr-spatial.enabled": (False, set()),
-    "hnm.simclr-hnm.base": ("resnet18_rand", set()),
-    "hnm.simclr-hnm.rounds": (2, set()),
-    "hnm.simclr-hnm.enabled": (False, set()),
-    "evaluate.use_official_split": (True, set()),
+# Keys that change the DAG's shape: jobs per rule family (batch rules by family, see `family`), exactly.
+COHORT = {"evaluate": 1, "front_page": 1, "all": 1}  # the benchmark, the front page, the target
+STRUCTURAL: dict[str, tuple[object, dict[str, int]]] = {
+    # a third seed: its MIL runs (2 encoders x 2 models x 2 folds); heatmaps show seed 0's
+    "seeds": ([0, 1, 2], {"mil": 8, **COHORT}),
+    # new folds: every fold-dependent job; label-free pretraining and the embedding stay
+    "evaluate.n_folds": (3, {"folds": 1, "mil": 24, "probe": 2, "heatmaps": 4, "probe_table": 1, **COHORT}),
+    "evaluate.use_official_split": (True, {"folds": 1, "mil": 8, "probe": 2, "heatmaps": 4, "probe_table": 1,
+                                           **COHORT}),
+    # a new class: everything trained or scored with labels; not label-free pretraining nor the features
+    "classes": (["normal", "tumour", "other"], {"mil": 16, "probe": 2, "heatmaps": 4, "probe_table": 1, **COHORT}),
+    # a new MIL run: its runs and heatmaps only
+    "mil.models": ({"mean": {"hidden": 128, "dropout": 0.25}, "abmil": {"hidden": 128, "dropout": 0.25}, "max": {}},
+                   {"mil": 8, "heatmaps": 2, **COHORT}),
+    # a renamed encoder: its embedding under the new name and what reads it
+    "encoders[0].name": ("rand18", {"embed": 2, "features_index": 1, "mil": 8, "probe": 1, "heatmaps": 2,
+                                    "probe_table": 1, **COHORT}),
+    # the sheet's slides become the user's own files: no slide is remade; the annotations index and what
+    # reads it, and the benchmark (no longer the demo's claims)
+    "demo.enabled": (False, {"annotations_index": 1, "heatmaps": 4, "front_page": 1, "all": 1}),
+    # pretraining per fold: 2 trainings, per-fold embedding
+    "pretrain.simclr-spatial.scope": ("folds", {"pretrain": 2, "embed_fold": 4, "features_index_fold": 2, "mil": 8,
+                                                "probe": 1, "heatmaps": 2, "probe_table": 1, **COHORT}),
+    "pretrain.simclr-spatial.enabled": (False, {"probe_table": 1, **COHORT}),  # its rows leave the tables
 }
 
 # Keys that change how a job runs, never what it writes: nothing is planned.
 NO_CHANGE: dict[str, object] = {
     "tile.slides_per_job": 4,  # 8 slides: still 2 batches (hash buckets), so every job is the same job
-    "graph.slides_per_job": 4,
+    "graph.slides_per_job": 16,  # still 1 batch
+    "max_failed_fraction": 0.5,  # the QC gate (a resource): whether the run stops, not what the table holds
     "embed.slides_per_job": 4,
     "embed.threads": 2,
-    "embed.device": "cpu",
-    "mil.cache_mb": 16.0,
-    "encoders[0].workers": 1,
+    "mil.cache_mb": 16,
+    "encoders[0].workers": 1,  # DataLoader workers and GPUs per job: resources, not params
     "pretrain.simclr-spatial.workers": 1,
     "pretrain.simclr-spatial.gpus": 2,
-    "hnm.simclr-hnm.workers": 1,
     "export.encoder": "resnet18_rand",  # `export_h5_all` only, not in `rule all`
 }
 
-# Sample-sheet edits: (edit, first jobs); the edit is a function of the sheet's rows.
-SHEET_KEYS = ["samples"]  # the sheet's path: its edits are the rows of SHEET_EDITS
-SHEET_EDITS: dict[str, tuple[typing.Callable[[list[list[str]]], list[list[str]]], list[str]]] = {}
+# The mining run's keys, on cohort_run (one round per fold): the round's every job reads its params.
+HNM = [*MINE, *FINETUNE, *MINING]
+MINING_ROWS: dict[str, tuple[object, list[str]]] = {
+    **{f"hnm.simclr-hnm.{k}": (v, HNM) for k, v in {
+        "neg_ratio": 0.3, "pos_threshold": 0.4, "spl_start": 0.3, "spl_end": 0.9, "warmup_epochs": 0, "epochs": 1,
+        "lr": 0.02, "weight_decay": 0.001, "batch_size": 8, "tiles_per_epoch": 16, "pos_batch_fraction": 0.4,
+        "pos_query_fraction": 0.1, "mask_uncertain_neg": False, "temperature": 0.1, "gate_metric": "auc",
+        "augment": {"jitter": 0.2}, "precision": "fp16", **{f"mil.{k}": v for k, v in {
+            "epochs": 1, "lr": 0.001, "weight_decay": 0.001, "mirank_k": 5, "mirank_weight": 0.2,
+            "dropout": 0.1}.items()}}.items()},
+}
+# Keys whose every other value is rejected before any job here, with this message (the run stops: nothing stale).
+REJECTED: dict[str, tuple[object, str]] = {
+    "mil.mirank": (True, "mirank needs instance logits, which abmil has not"),
+}
 
-# Code edits: rows belong to the code-hashing work (H4, issue 22); the table is theirs to fill.
-CODE_EDITS: dict[str, list[str]] = {}
+MINING_STRUCTURAL: dict[str, tuple[object, dict[str, int]]] = {
+    "hnm.simclr-hnm.base": ("resnet18_rand", {}),
+    "hnm.simclr-hnm.rounds": (2, {}),
+    "hnm.simclr-hnm.enabled": (False, {}),
+}
+MINING_NO_CHANGE: dict[str, object] = {"hnm.simclr-hnm.workers": 1}
+
+# Sample-sheet edits, on cohort_run (its own sheet): edit -> jobs per rule family, exactly.
+SHEET_KEYS = ["samples"]  # the sheet's path: its edits are the rows of SHEET_EDITS
+SHEET_EDITS: dict[str, dict[str, int]] = {}
 
 
 # --- the keys --------------------------------------------------------------------------------------------
@@ -203,8 +229,9 @@ def set_key(cfg: dict, key: str, value) -> dict:
 
 
 def _serve() -> None:
-    """The dry-run server: imports Snakemake and the planning modules once, then forks one child per
-    dry run named on stdin ([[argv, cwd, log], ...] as JSON), two at a time; prints {log: exit code}."""
+    """The dry-run server: imports Snakemake and the planning modules once and reads the package's code
+    once, then forks one child per dry run named on stdin ([[argv, cwd, log], ...] as JSON), two at a
+    time; prints {log: [exit code, CPU seconds]}."""
     import snakemake.api  # noqa: F401  (the imports every child would otherwise repeat)
     import snakemake.cli
     import snakemake.dag  # noqa: F401
@@ -213,14 +240,25 @@ def _serve() -> None:
 
     import slidemil.cohorts.sheet  # noqa: F401
     import slidemil.plan.catalogue  # noqa: F401
-    import slidemil.plan.codeversion  # noqa: F401
+    from slidemil.plan import registered
+    from slidemil.plan.codeversion import code_version
 
     ExecutorPluginRegistry()  # collects the executor plugins (the SLURM one imports pandas)
+    package = ROOT / "src" / "slidemil"
+    code_version(package, *(p.relative_to(package).as_posix() for p in package.rglob("*.py")))  # parsed once
+    registered.modules()
     requests, running, codes = json.load(sys.stdin), {}, {}
-    for argv, cwd, log in requests:
-        if len(running) >= 2:
-            pid, status = os.wait()
-            codes[running.pop(pid)] = os.waitstatus_to_exitcode(status)
+
+    def reap() -> None:
+        pid, status, usage = os.wait4(-1, 0)
+        codes[running.pop(pid)] = [os.waitstatus_to_exitcode(status), usage.ru_utime + usage.ru_stime]
+
+    for argv, cwd, log, edits in requests:
+        while len(running) >= (1 if edits else 2):  # a run with edited files runs alone: the files are shared
+            reap()
+        kept = {path: (Path(path).read_bytes(), os.stat(path)) for path in edits}
+        for path, text in edits.items():
+            Path(path).write_text(text)  # edited in place, as a user would (a newer mtime)
         pid = os.fork()
         if pid == 0:  # the child: one dry run, its stdout and stderr in `log`
             code = 1
@@ -235,30 +273,39 @@ def _serve() -> None:
                 sys.stdout.flush(), sys.stderr.flush()
                 os._exit(code)
         running[pid] = log
+        if edits:
+            reap()
+            for path, (data, st) in kept.items():
+                Path(path).write_bytes(data)
+                os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     while running:
-        pid, status = os.wait()
-        codes[running.pop(pid)] = os.waitstatus_to_exitcode(status)
+        reap()
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    codes["(server)"] = [0, own.ru_utime + own.ru_stime]  # its imports and the code hashing, once
     json.dump(codes, sys.stdout)
 
 
-def dry_runs(workdir: Path, runs: dict[str, list[str]]) -> dict[str, dict[str, int]]:
-    """Name -> jobs per rule of a dry run with these extra arguments (each run's log in workdir/matrix/)."""
+def dry_runs(workdir: Path, runs: dict[str, list[str]],
+             edits: dict[str, dict[str, str]] | None = None) -> tuple[dict[str, dict[str, int] | str], float]:
+    """Name -> jobs per rule of a dry run with these extra arguments (each run's log in workdir/matrix/), or
+    the end of its log when it failed; and the CPU seconds the dry runs took. `edits`: name -> {path: text}
+    written in place for that dry run alone, then restored (content and mtime)."""
     logs = workdir / "matrix"
     logs.mkdir(exist_ok=True)
     base = ["--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir), "--cores", "2", "--nolock",
             "-n", "--quiet", "rules"]
-    requests = [[[*base, *args], str(workdir), str(logs / f"{_safe(name)}.log")] for name, args in runs.items()]
+    requests = [[[*base, *args], str(workdir), str(logs / f"{_safe(name)}.log"), (edits or {}).get(name, {})]
+                for name, args in runs.items()]
     serve = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_rerun_matrix as m; m._serve()"
     proc = subprocess.run([sys.executable, "-c", serve], input=json.dumps(requests), capture_output=True, text=True,
-                          cwd=workdir, check=True)
+                          cwd=workdir)
+    assert proc.returncode == 0, f"the dry-run server failed:\n{proc.stderr[-3000:]}"
     codes = json.loads(proc.stdout)
     out = {}
-    for name, (_, _, log) in zip(runs, requests):
+    for name, (_, _, log, _) in zip(runs, requests):
         text = Path(log).read_text()
-        if codes[log] != 0:
-            raise AssertionError(f"dry run {name} failed ({log}):\n{text[-3000:]}")
-        out[name] = jobs_of(text)
-    return out
+        out[name] = jobs_of(text) if codes[log][0] == 0 else f"dry run failed ({log}): {text[-1500:]}"
+    return out, sum(cpu for _, cpu in codes.values())
 
 
 def _safe(name: str) -> str:
@@ -280,86 +327,19 @@ def family(rule: str) -> str:
     return re.sub(r"_b\d+$", "", rule) if re.fullmatch(r"(graph|tile)_b\d+", rule) else rule
 
 
-# --- the finished run ------------------------------------------------------------------------------------
+def by_family(jobs: dict[str, int]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for rule, n in jobs.items():
+        out[family(rule)] = out.get(family(rule), 0) + n
+    return out
 
 
-def matrix_config(workdir: Path) -> Path:
-    """The tiny config (8 slides, 2 folds), one seed, and one round of the mining run, briefly: every
-    stage of the workflow runs, so every key reaches a job."""
-    path = _tiny_config(workdir, seeds=[0], **{"mil.epochs": 2})
-    cfg = yaml.safe_load(path.read_text())
-    cfg["hnm"]["simclr-hnm"].update(enabled=True, rounds=1, epochs=2, warmup_epochs=1, batch_size=16,
-                                    tiles_per_epoch=32, mil={"epochs": 2})
-    path.write_text(yaml.safe_dump(cfg))
-    (workdir / "weights.pt").write_bytes(b"")  # a file to point `weights:` keys at (dry runs never read it)
-    return path
-
-
-@pytest.fixture(scope="module")
-def matrix_run(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("matrix")
-    matrix_config(workdir)
-    snakemake(workdir)
-    return workdir
-
-
-def test_every_config_key_has_a_row(tmp_path):
-    """A new config key is a new row: the stages that read it (ROWS), the rules of the DAG it reshapes
-    (STRUCTURAL), or none (NO_CHANGE)."""
-    cfg = yaml.safe_load(matrix_config(tmp_path).read_text())
-    rows = [*ROWS, *STRUCTURAL, *NO_CHANGE, *SHEET_KEYS]
-    assert len(rows) == len(set(rows)), sorted(k for k in rows if rows.count(k) > 1)
-    missing = [k for k in config_keys(cfg) if k not in rows]
-    assert not missing, f"config keys without a row in tests/test_rerun_matrix.py: {missing}"
-
-
-def test_rerun_matrix(matrix_run):
-    """Each key, changed alone on the finished run, plans exactly what the table says."""
-    started = time.monotonic()
-    workdir = matrix_run
-    base = yaml.safe_load((workdir / "config.yaml").read_text())
-    configs = workdir / "matrix"
-    configs.mkdir(exist_ok=True)
-    runs: dict[str, list[str]] = {"(unchanged)": ["--configfile", str(workdir / "config.yaml")],
-                                  "(forceall)": ["--configfile", str(workdir / "config.yaml"), "--forceall"]}
-    for key, value in [*((k, v) for k, (v, _) in ROWS.items()), *((k, v) for k, (v, _) in STRUCTURAL.items()),
-                       *NO_CHANGE.items()]:
-        path = configs / f"{_safe(key)}.yaml"
-        path.write_text(yaml.safe_dump(set_key(base, key, value)))
-        runs[key] = ["--configfile", str(path)]
-    planned = dry_runs(workdir, runs)
-    assert planned["(unchanged)"] == {}, f"the finished run is not finished: {planned['(unchanged)']}"
-    rules = list(planned["(forceall)"])
-    forced = {}  # first jobs -> the dry run that forces them on the unchanged config
-    for key, (_, first) in ROWS.items():
-        forced[tuple(first)] = ["--configfile", str(workdir / "config.yaml"), "--forcerun",
-                                *targets(workdir, first, rules)]
-    expected = dry_runs(workdir, {"|".join(first): args for first, args in forced.items()})
-    failures = []
-    for key, (value, first) in ROWS.items():
-        want = expected["|".join(first)]
-        if planned[key] != want:
-            failures.append(difference(key, value, want, planned[key]))
-    for key, (value, families) in STRUCTURAL.items():
-        got = {family(r) for r in planned[key]}
-        if got != families:
-            failures.append(f"{key} = {value!r}: expected rules {sorted(families)}, planned {sorted(got)}; "
-                            f"more: {sorted(got - families)}, missing: {sorted(families - got)}")
-    for key, value in NO_CHANGE.items():
-        if planned[key]:
-            failures.append(f"{key} = {value!r}: expected nothing, planned {planned[key]}")
-    print(f"rerun matrix: {len(runs) + len(forced)} dry runs in {time.monotonic() - started:.0f} s")
-    assert not failures, "\n".join(failures)
-
-
-def targets(workdir: Path, first: list[str], rules: list[str]) -> list[str]:
-    """--forcerun targets: rule-name globs matched against the workflow's rules, output globs against the
-    finished run's files."""
+def forced(workdir: Path, first: list[str]) -> list[str]:
+    """--forcerun targets: the finished run's outputs matching the globs."""
     out = []
     for pattern in first:
-        found = (sorted(str(p.relative_to(workdir)) for p in workdir.glob(pattern)) if pattern.startswith("results/")
-                 else fnmatch.filter(rules, pattern))
-        assert found, f"{pattern!r} names no rule or output of the finished run"
+        found = sorted(str(p.relative_to(workdir)) for p in workdir.glob(pattern))
+        assert found, f"{pattern!r} names no output of the finished run {workdir}"
         out += found
     return out
 
@@ -369,3 +349,124 @@ def difference(key: str, value, want: dict[str, int], got: dict[str, int]) -> st
     less = {r: n - got.get(r, 0) for r, n in want.items() if n > got.get(r, 0)}
     return (f"{key} = {value!r}: planned jobs differ from the stages that read it and their descendants; "
             f"wasteful (planned, not expected): {more}; stale (expected, not planned): {less}")
+
+
+def check_matrix(workdir: Path, rows: dict[str, tuple[object, list[str]]],
+                 structural: dict[str, tuple[object, dict[str, int]]], no_change: dict[str, object],
+                 sheets: dict[str, tuple[str, dict[str, int]]] | None = None,
+                 rejected: dict[str, tuple[object, str]] | None = None) -> list[str]:
+    """Dry-run every row on the finished run in `workdir` (one batch: the changed configs, and per set of
+    first jobs a --forcerun of them on the unchanged config); returns the rows that failed, one line each."""
+    started = time.monotonic()
+    rejected = rejected or {}
+    config = workdir / "config.yaml"
+    base = yaml.safe_load(config.read_text())
+    configs = workdir / "matrix"
+    configs.mkdir(exist_ok=True)
+    (workdir / "weights.pt").touch()  # what `weights:` rows point at (a dry run reads no weights)
+
+    def changed(key: str, cfg: dict) -> list[str]:
+        path = configs / f"{_safe(key)}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return ["--configfile", str(path)]
+
+    runs = {"(unchanged)": ["--configfile", str(config)]}
+    for key, value in [*((k, v) for k, (v, _) in {**rows, **structural, **rejected}.items()), *no_change.items()]:
+        runs[key] = changed(key, set_key(base, key, value))
+    edits = {}
+    for name, (text, _) in (sheets or {}).items():  # the sheet edited in place (its path is a param)
+        runs[name] = ["--configfile", str(config)]
+        edits[name] = {str(workdir / base["samples"]): text}
+    for first in {tuple(first) for _, first in rows.values()}:
+        runs["forcerun " + " ".join(first)] = ["--configfile", str(config), "--forcerun", *forced(workdir, list(first))]
+    planned, cpu = dry_runs(workdir, runs, edits)
+    assert planned["(unchanged)"] == {}, f"the finished run is not finished: {planned['(unchanged)']}"
+    failures = [f"{key}: {got}" for key, got in planned.items()
+                if isinstance(got, str) and not (key in rejected and rejected[key][1] in got)]
+    failures += [f"{key} = {value!r}: planned {planned[key]}, expected the error {message!r}"
+                 for key, (value, message) in rejected.items() if message not in str(planned[key])]
+    planned = {k: v for k, v in planned.items() if isinstance(v, dict)}  # the failed ones are reported
+    for key, (value, first) in rows.items():
+        want = planned.get("forcerun " + " ".join(first))
+        if key in planned and want is not None and planned[key] != want:
+            failures.append(difference(key, value, want, planned[key]))
+    for key, (value, want) in {**structural, **{k: (None, w) for k, (_, w) in (sheets or {}).items()}}.items():
+        got = by_family(planned.get(key, {}))
+        if key in planned and got != want:
+            failures.append(difference(key, value, want, got))
+    for key, value in no_change.items():
+        if planned.get(key):
+            failures.append(f"{key} = {value!r}: expected nothing, planned {planned[key]}")
+    print(f"rerun matrix {workdir.name}: {len(runs)} dry runs in {time.monotonic() - started:.0f} s wall, "
+          f"{cpu:.0f} s CPU")
+    return failures
+
+
+# --- the finished runs -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cohort_run(finished_run, tmp_path_factory) -> Path:
+    """A copy of `finished_run` (mtimes and metadata kept) made a researcher's cohort: its own sheet (the
+    demo's slides, their tumour outlines in the sheet's `annotation` column, demo off), one seed, and one
+    short round of hard-negative mining per fold; finished."""
+    run = tmp_path_factory.mktemp("cohort") / "wf"
+    shutil.copytree(finished_run, run, symlinks=True)
+    shutil.rmtree(run / "matrix", ignore_errors=True)
+    sheet = (run / "samples.tsv").read_text().splitlines()
+    rows = [sheet[0] + "\tannotation"] + [f"{r}\tresults/demo/annotations/{r.split()[0]}.geojson" for r in sheet[1:]]
+    (run / "samples.tsv").write_text("\n".join(rows) + "\n")
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["demo"]["enabled"] = False
+    cfg["seeds"] = [0]
+    cfg["hnm"]["simclr-hnm"].update(enabled=True, rounds=1, epochs=1, warmup_epochs=0, batch_size=16,
+                                    tiles_per_epoch=32, mil={"epochs": 2})
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    snakemake(run)
+    return run
+
+
+def sheet_edits(workdir: Path) -> dict[str, str]:
+    """Edits of the cohort's sheet (its text): a slide added (a copy of t0's file), one dropped, one
+    relabelled, one's path fixed (its file moved elsewhere, the same pixels)."""
+    header, *rows = (workdir / "samples.tsv").read_text().splitlines()
+    cells = [r.split("\t") for r in rows]
+    extra = workdir / "extra"
+    extra.mkdir(exist_ok=True)
+    new = shutil.copy(workdir / cells[0][1], extra / "t_new.tiff")
+    moved = shutil.copy2(workdir / cells[1][1], extra / "t1.tiff")
+    edits = {
+        "add a slide": [*cells, ["t_new", str(new), cells[0][2], "P_new", cells[0][4]]],
+        "drop a slide": cells[:-1],
+        "relabel a slide": [[c[0], c[1], "tumour" if c[2] == "normal" else "normal", *c[3:]] if i == 0 else c
+                            for i, c in enumerate(cells)],
+        "fix a slide's path": [[c[0], str(moved), *c[2:]] if i == 1 else c for i, c in enumerate(cells)],
+    }
+    return {name: "\n".join([header, *("\t".join(c) for c in edited)]) + "\n" for name, edited in edits.items()}
+
+
+def test_every_config_key_has_a_row():
+    """A new config key is a new row: the stages that read it (ROWS, MINING_ROWS), the DAG it reshapes
+    (STRUCTURAL, MINING_STRUCTURAL), or none (NO_CHANGE, MINING_NO_CHANGE)."""
+    with tempfile.TemporaryDirectory() as d:
+        cfg = yaml.safe_load(_tiny_config(Path(d)).read_text())
+    rows = [*ROWS, *STRUCTURAL, *NO_CHANGE, *REJECTED, *MINING_ROWS, *MINING_STRUCTURAL, *MINING_NO_CHANGE, *SHEET_KEYS]
+    assert len(rows) == len(set(rows)), sorted(k for k in rows if rows.count(k) > 1)
+    missing = [k for k in config_keys(cfg) if k not in rows]
+    assert not missing, f"config keys without a row in tests/test_rerun_matrix.py: {missing}"
+
+
+
+@pytest.mark.e2e
+def test_rerun_matrix(finished_run):
+    """Each key, changed alone on the finished run, plans exactly what the table says."""
+    failures = check_matrix(finished_run, ROWS, STRUCTURAL, NO_CHANGE, rejected=REJECTED)
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.e2e
+def test_rerun_matrix_of_mining_keys_and_sheet_edits(cohort_run):
+    """The mining run's keys and the sheet's edits, on a researcher's cohort with a finished round."""
+    sheets = {name: (text, SHEET_EDITS.get(name, {})) for name, text in sheet_edits(cohort_run).items()}
+    failures = check_matrix(cohort_run, MINING_ROWS, MINING_STRUCTURAL, MINING_NO_CHANGE, sheets)
+    assert not failures, "\n".join(failures)
