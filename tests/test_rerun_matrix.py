@@ -158,7 +158,7 @@ NO_CHANGE: dict[str, object] = {
 HNM = [*MINE, *FINETUNE, *MINING]
 MINING_ROWS: dict[str, tuple[object, list[str]]] = {
     **{f"hnm.simclr-hnm.{k}": (v, HNM) for k, v in {
-        "neg_ratio": 0.3, "pos_threshold": 0.4, "spl_start": 0.3, "spl_end": 0.9, "warmup_epochs": 0, "epochs": 1,
+        "neg_ratio": 0.3, "pos_threshold": 0.4, "spl_start": 0.3, "spl_end": 0.9, "warmup_epochs": 1, "epochs": 2,
         "lr": 0.02, "weight_decay": 0.001, "batch_size": 8, "tiles_per_epoch": 16, "pos_batch_fraction": 0.4,
         "pos_query_fraction": 0.1, "mask_uncertain_neg": False, "temperature": 0.1, "gate_metric": "auc",
         "augment": {"jitter": 0.2}, "precision": "fp16", **{f"mil.{k}": v for k, v in {
@@ -170,16 +170,34 @@ REJECTED: dict[str, tuple[object, str]] = {
     "mil.mirank": (True, "mirank needs instance logits, which abmil has not"),
 }
 
+# A round of the mining run and what reads its encoder (per fold: mine, fine-tune, 2 embed batches; its
+# index; its MIL runs (2 models x 2 folds), probe and heatmaps; the evidence table, the benchmark)
+ROUND = {"hnm_mine": 2, "hnm_finetune": 2, "hnm_mining": 1, "embed_fold": 4, "features_index_fold": 2, "mil": 4,
+         "probe": 1, "heatmaps": 2, "probe_table": 1, **COHORT}
 MINING_STRUCTURAL: dict[str, tuple[object, dict[str, int]]] = {
-    "hnm.simclr-hnm.base": ("resnet18_rand", {}),
-    "hnm.simclr-hnm.rounds": (2, {}),
-    "hnm.simclr-hnm.enabled": (False, {}),
+    "hnm.simclr-hnm.base": ("resnet18_rand", ROUND),  # round 1 again, from another encoder
+    "hnm.simclr-hnm.rounds": (2, ROUND),  # round 2 only: round 1 is done
+    "hnm.simclr-hnm.enabled": (False, {"probe_table": 1, **COHORT}),  # its rows leave the tables
 }
 MINING_NO_CHANGE: dict[str, object] = {"hnm.simclr-hnm.workers": 1}
 
 # Sample-sheet edits, on cohort_run (its own sheet): edit -> jobs per rule family, exactly.
 SHEET_KEYS = ["samples"]  # the sheet's path: its edits are the rows of SHEET_EDITS
-SHEET_EDITS: dict[str, dict[str, int]] = {}
+# What reads labels reruns (folds, every MIL run, mining, probe, heatmaps); what reads slides reruns for a new,
+# dropped or moved slide: its tile, graph and embed batches (hash buckets), the QC table and indexes, and the
+# label-free pretraining on the whole cohort (transductive) with both batches of its embedding.
+# annotations_index reads the sheet's `annotation` column: it reruns on any edit (a second, its readers
+# rerun anyway).
+LABELLED = {"annotations_index": 1, "folds": 1, "mil": 12, "probe": 3, "heatmaps": 6, "probe_table": 1,
+            "hnm_mine": 2, "hnm_finetune": 2, "hnm_mining": 1, "embed_fold": 4, "features_index_fold": 2, **COHORT}
+SLIDE = {"tile": 1, "graph": 1, "qc_cohort": 1, "graphs_index": 1, "embed": 1 + 2, "features_index": 2,
+         "pretrain": 1}
+SHEET_EDITS: dict[str, dict[str, int]] = {
+    "add a slide": {**LABELLED, **SLIDE},
+    "drop a slide": {**LABELLED, **SLIDE},
+    "relabel a slide": LABELLED,  # not the tiles, QC, graphs, embedding nor label-free pretraining
+    "fix a slide's path": {**LABELLED, **SLIDE},  # another file, as far as the workflow can tell
+}
 
 
 # --- the keys --------------------------------------------------------------------------------------------
