@@ -88,31 +88,3 @@ def test_a_partial_block_takes_the_dataclass_defaults():
 
     assert from_block(TileParams, {"tile_size": 32}, "tile") == TileParams(tile_size=32)
     assert load_config({"samples": "s.tsv", "classes": ["a", "b"], "encoders": []}).mil.lr == CONFIG["mil"]["lr"]
-
-
-def test_a_typo_is_one_line_naming_the_file_the_key_and_the_closest_key_before_any_job(tmp_path):
-    """`tile_sise` gave a 41-line schema dump: now one line, the config file, tile.tile_sise, tile_size."""
-    from test_workflow import _tiny_config, snakemake
-
-    config = _tiny_config(tmp_path, **{"tile.tile_sise": 32})
-    proc = snakemake(tmp_path, "-n", "--quiet", check=False)
-    said = [line for line in (proc.stdout + proc.stderr).splitlines() if "profiles/default" not in line and line.strip()]
-    assert proc.returncode == 1
-    assert said == [f"{config}: unknown config key tile.tile_sise; did you mean tile_size?"], "\n".join(said[:50])
-
-
-def test_the_one_line_names_nested_and_entry_keys_and_the_file_that_holds_them(tmp_path):
-    from slidemil.config import unknown_key_line
-
-    base, over = tmp_path / "base.yaml", tmp_path / "over.yaml"
-    base.write_text(yaml.safe_dump(CONFIG))
-    over.write_text(yaml.safe_dump({"evaluate": {"froc": {"merge_umm": 50}}}))
-    cfg = {**CONFIG, "evaluate": {**CONFIG["evaluate"], "froc": {"merge_umm": 50}}}
-    assert unknown_key_line(cfg, [base, over]) == (f"{over}: unknown config key evaluate.froc.merge_umm; "
-                                                   "did you mean merge_um?")
-    enc = {**CONFIG, "encoders": [{**CONFIG["encoders"][0], "batch_sise": 8}]}
-    assert unknown_key_line(enc, []) == "config: unknown config key encoders[0].batch_sise; did you mean batch_size?"
-    far = unknown_key_line({**CONFIG, "zzz": 1}, [])
-    assert far.startswith("config: unknown config key zzz; the keys of the top level: classes, demo,")
-    assert unknown_key_line(CONFIG, [base]) is None
-    assert unknown_key_line({**CONFIG, "tile": {"tile_size": "big"}}, []) is None  # a type: the schema's to say

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import re
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -204,86 +201,3 @@ def test_folds_cli_reads_the_whole_sheet(tmp_path):
     assert set(pd.read_csv(tmp_path / "folds.csv")["slide_id"]) == {f"s{i}" for i in range(8)}
     with pytest.raises(SystemExit):  # no QC table any more: QC cannot move folds
         main(["folds", "--samples", str(tmp_path / "samples.tsv"), "--qc", "x", "--out", str(tmp_path / "f.csv")])
-
-
-# --- class balance: on the sheet, and again after QC (mil.data.fold_bags) ----------------------------
-
-def test_a_class_with_one_patient_never_suggests_fewer_than_two_folds():
-    """The 3-class cohort with one patient of a class was told `n_folds <= 1` (no cross-validation)."""
-    samples = pd.DataFrame({"slide_id": [f"s{i}" for i in range(9)], "patient_id": [f"p{i}" for i in range(9)],
-                            "label": ["a"] * 4 + ["b"] * 4 + ["c"]})
-    with pytest.raises(ValueError) as e:
-        fold_table(samples, n_folds=3, seed=0, val_fraction=0.2)
-    msg = str(e.value)
-    assert "'c' has 1 patient" in msg and "add patients of class 'c'" in msg
-    assert "n_folds to <= 1" not in msg and "n_folds: 1" not in msg and "n_folds to 1" not in msg
-    samples["label"] = ["a"] * 4 + ["b"] * 2 + ["c"] * 3
-    with pytest.raises(ValueError, match=r"'b' has 2 patient.*lower evaluate.n_folds to 2 "):
-        fold_table(samples, n_folds=3, seed=0, val_fraction=0.2)
-
-
-def test_a_validation_set_of_one_class_on_the_sheet_is_an_error_naming_fold_role_counts_and_fix():
-    samples = pd.DataFrame({"slide_id": [f"s{i}" for i in range(8)], "patient_id": [f"p{i}" for i in range(8)],
-                            "label": ["normal"] * 6 + ["tumour"] * 2})  # 2 folds: 1 tumour patient left per fold
-    with pytest.raises(ValueError) as e:
-        fold_table(samples, n_folds=2, seed=0, val_fraction=0.2)
-    msg = str(e.value)
-    assert re.search(r"fold \d: the val slides hold only class 'normal' \(normal \d, tumour 0\)", msg), msg
-    assert "more slides of class 'tumour'" in msg and "evaluate.val_fraction" in msg
-    assert "n_folds: 1" not in msg  # 2 folds already: fewer is no cross-validation
-
-
-def _bags_cohort(tmp_path, failed: set[str], n: int = 16):
-    """n one-slide patients, alternating labels, feature stores written; `failed` ones empty, flagged failed."""
-    from slidemil.slides.store import write_features
-
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(n):
-        sid = f"s{i:02d}"
-        k = 0 if sid in failed else 5
-        grid = np.stack([np.arange(k), np.zeros(k, int)], 1)
-        attrs = {"status": "failed", "reason": "cannot decode"} if sid in failed else {}
-        write_features(tmp_path / "features" / f"{sid}.zarr", rng.normal(size=(k, 4)), grid * 64, grid, attrs)
-        rows.append({"slide_id": sid, "patient_id": f"p{i:02d}", "label": ["normal", "tumour"][i % 2]})
-    samples = pd.DataFrame(rows)
-    samples.to_csv(tmp_path / "samples.tsv", sep="\t", index=False)
-    folds = fold_table(samples, n_folds=4, seed=0, val_fraction=0.25)
-    folds.to_csv(tmp_path / "folds.csv", index=False)
-    return folds, samples
-
-
-def test_a_fold_whose_training_slides_lost_a_class_to_qc_is_an_error_not_a_silent_run(tmp_path):
-    from slidemil.cohorts.folds import FoldBalanceError
-    from slidemil.mil.data import fold_bags
-
-    folds, samples = _bags_cohort(tmp_path, set())
-    label = dict(zip(samples["slide_id"], samples["label"]))
-    train = folds[(folds["fold"] == 2) & (folds["role"] == "train")]["slide_id"]
-    gone = {s for s in train if label[s] == "tumour"}  # QC fails every tumour slide training fold 2
-    _bags_cohort(tmp_path, gone)
-    with pytest.raises(FoldBalanceError) as e:
-        fold_bags(tmp_path / "features", tmp_path / "folds.csv", tmp_path / "samples.tsv", 2, ["normal", "tumour"])
-    msg = str(e.value)
-    assert f"fold 2: the train slides hold only class 'normal' (normal {len(train) - len(gone)}, tumour 0; " \
-           f"QC left out {len(gone)} tumour)" in msg, msg
-    assert "fewer folds (evaluate.n_folds: 3) or more slides of class 'tumour'" in msg and "\n" not in msg
-    assert main(["mil", "--features-dir", str(tmp_path / "features"), "--folds", str(tmp_path / "folds.csv"),
-                 "--samples", str(tmp_path / "samples.tsv"), "--fold", "2", "--model", "mean",
-                 "--classes", '["normal", "tumour"]', "--cache-mb", "64", "--out-dir", str(tmp_path / "out")]) == 1
-    assert not (tmp_path / "out" / "predictions.csv").exists()
-
-
-def test_an_unbalanced_role_after_qc_is_a_warning_per_fold(tmp_path, caplog):
-    from slidemil.mil.data import fold_bags
-
-    folds, samples = _bags_cohort(tmp_path, set(), n=32)
-    label = dict(zip(samples["slide_id"], samples["label"]))
-    train = folds[(folds["fold"] == 1) & (folds["role"] == "train")]["slide_id"]
-    tumours = sorted(s for s in train if label[s] == "tumour")
-    _bags_cohort(tmp_path, set(tumours[:-1]), n=32)  # one tumour slide left in training
-    with caplog.at_level(logging.WARNING):
-        fb = fold_bags(tmp_path / "features", tmp_path / "folds.csv", tmp_path / "samples.tsv", 1,
-                       ["normal", "tumour"])
-    assert sum(r == "train" for r in fb.roles.values()) == len(train) - len(tumours) + 1
-    assert re.search(r"fold 1: the train slides are unbalanced \(normal \d+, tumour 1; QC left out", caplog.text)

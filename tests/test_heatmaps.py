@@ -1,17 +1,14 @@
 import json
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
 import zarr
-from PIL import Image
 
 from slidemil.cohorts.annotations import load_polygons, tile_labels
 from slidemil.evaluate.froc import FrocParams
-from slidemil.evaluate.heatmaps import (closed, draw_heatmap, heatmaps_for_model, pick_slides, run_index,
-                                        scale_bar_um, tile_geojson)
+from slidemil.evaluate.heatmaps import heatmaps_for_model, pick_slides, run_index, tile_geojson
 from slidemil.slides.store import atomic_dir, write_features, write_index_arrays
 
 SQUARE = [[0, 0], [200, 0], [200, 200], [0, 200], [0, 0]]
@@ -103,21 +100,15 @@ def test_heatmaps_write_metrics_pictures_geojson_and_curves(model_run, tmp_path)
     assert (out / "png" / "s.png").stat().st_size > 1000
     assert sorted(p.name for p in (out / "geojson").iterdir()) == ["n.geojson", "p.geojson", "s.geojson"]
     geo = json.loads((out / "geojson" / "s.geojson").read_text())
-    detections = [f for f in geo["features"] if f["properties"]["objectType"] == "detection"]
-    assert len(detections) == 16
-    outline, = [f for f in geo["features"] if f["properties"]["objectType"] == "annotation"]
-    assert outline["properties"]["classification"]["name"] == "tumour"
-    assert outline["geometry"]["coordinates"] == [SQUARE]
-    for f, (x, y), a, inside in zip(detections, COORDS, att["s"], IN_SQUARE):
+    assert len(geo["features"]) == 16
+    for f, (x, y), a, inside in zip(geo["features"], COORDS, att["s"], IN_SQUARE):
         assert f["properties"]["objectType"] == "detection"
         assert f["geometry"]["coordinates"][0][0] == [x, y] and f["geometry"]["coordinates"][0][2] == [x + 100, y + 100]
         m = f["properties"]["measurements"]
         assert m["attention"] == pytest.approx(a) and m["tumour"] == int(inside)
         assert m["score"] == pytest.approx(0.8 if inside else 0.0)  # slide prob x min-max attention
-    n_features = json.loads((out / "geojson" / "n.geojson").read_text())["features"]
-    assert "tumour" not in n_features[0]["properties"]["measurements"]
-    assert {f["properties"]["objectType"] for f in n_features} == {"detection"}  # n has no annotation
-    assert max(Image.open(out / "png" / "s.png").size) >= 1000
+    assert "tumour" not in json.loads((out / "geojson" / "n.geojson").read_text())["features"][0]["properties"][
+        "measurements"]
     assert (out / "training_curves.png").stat().st_size > 1000
     assert (out / "instance_metrics.csv").exists()
 
@@ -135,72 +126,3 @@ def test_heatmaps_froc_counts_the_negative_slide_and_leaves_out_the_unannotated_
     curve = pd.read_csv(out / "froc_curve.csv")
     assert curve.loc[1:2, "threshold"].tolist() == pytest.approx([0.9, 0.8])
     assert not list((out / "png").glob("*.png"))
-
-
-def test_tile_geojson_carries_the_annotation_outlines_as_classified_qupath_annotations():
-    open_square = [[0, 0], [200, 0], [200, 200], [0, 200]]  # ASAP and some GeoJSON leave rings open
-    mimic = np.array([[300, 300], [400, 300], [400, 400], [300, 300]], float)
-    hole = np.array([[50, 50], [60, 50], [60, 60]], float)
-    geo = tile_geojson(COORDS[:2], 100.0, {"score": np.array([0.1, 0.2])},
-                       outlines={"tumour": [np.array(open_square, float)], "mimic": [mimic]}, holes=[hole])
-    annotations = [f for f in geo["features"] if f["properties"]["objectType"] == "annotation"]
-    assert [f["properties"]["classification"]["name"] for f in annotations] == ["tumour", "mimic", "exclusion"]
-    assert annotations[0]["geometry"] == {"type": "Polygon", "coordinates": [SQUARE]}  # closed
-    assert annotations[1]["geometry"]["coordinates"] == [mimic.tolist()]  # already closed: kept as is
-    assert all(len(f["properties"]["classification"]["color"]) == 3 for f in annotations)
-    assert sum(f["properties"]["objectType"] == "detection" for f in geo["features"]) == 2
-    json.dumps(geo, allow_nan=False)
-
-
-TURBO = matplotlib.colormaps["turbo"](np.linspace(0, 1, 256))[:, :3] * 255  # [256, 3] RGB
-
-
-def _warm(img: np.ndarray) -> int:
-    """Pixels that read as hot (red-orange, also at half opacity over grey)."""
-    r, g, b = (img[..., i].astype(int) for i in range(3))
-    return int(((r - b > 60) & (r > g)).sum())
-
-
-def _colour_bar_column(img: np.ndarray) -> np.ndarray | None:
-    """The pixels of the first image column holding a run of >= 200 pure turbo colours (the colour bar),
-    as positions on the 0-1 scale; None without one. Half-transparent tiles are never that saturated."""
-    rgb = img[..., :3].astype(float)
-    ys, xs = np.nonzero(rgb.max(-1) - rgb.min(-1) > 100)  # candidates: strongly saturated pixels
-    dist = np.linalg.norm(rgb[ys, xs][:, None] - TURBO[None], axis=-1)  # [K, 256]
-    near = dist.min(-1) < 12
-    columns, counts = np.unique(xs[near], return_counts=True)
-    if not (counts >= 200).any():
-        return None
-    col = columns[counts >= 200][0]
-    return dist.argmin(-1)[near & (xs == col)] / 255
-
-
-def _draw(tmp_path: Path, scores: np.ndarray, name: str) -> np.ndarray:
-    thumb = np.full((512, 768, 3), 200, np.uint8)  # a grey slide, 2x downsampled from 1536 x 1024 px
-    coords = np.array([[x, y] for y in range(0, 1024, 64) for x in range(0, 1536, 64)])
-    draw_heatmap(thumb, 2.0, coords, 64.0, scores[: len(coords)], name, tmp_path / f"{name}.png", mpp=0.5)
-    return np.asarray(Image.open(tmp_path / f"{name}.png").convert("RGB"))
-
-
-def test_heatmap_uses_a_fixed_scale_so_a_low_scoring_slide_stays_cold(tmp_path):
-    rng = np.random.default_rng(0)
-    low = _draw(tmp_path, 0.02 + 0.03 * rng.random(384), "low")  # a slide the model calls normal
-    high = _draw(tmp_path, 0.9 + 0.05 * rng.random(384), "high")
-    assert max(low.shape[:2]) >= 1000
-    bar = _colour_bar_column(low)
-    assert bar is not None, "no colour bar"
-    assert bar.min() < 0.1 and bar.max() > 0.9  # the bar spans the 0-1 scale (its darkest end is not saturated)
-    # only the colour bar's hot end is hot on the low slide; the high slide is hot all over its tissue
-    assert _warm(low) * 10 < _warm(high), (_warm(low), _warm(high))
-
-
-def test_scale_bar_is_a_round_length_within_a_quarter_of_the_width():
-    assert scale_bar_um(768) == 100  # the test slide: 1536 px at 0.5 mpp
-    assert scale_bar_um(40_000) == 10_000
-    assert scale_bar_um(10) == 10  # never nothing
-
-
-def test_outlines_are_closed_rings():
-    ring = np.array([[0, 0], [1, 0], [1, 1]], float)
-    assert closed(ring).tolist() == [[0, 0], [1, 0], [1, 1], [0, 0]]
-    assert closed(closed(ring)).tolist() == closed(ring).tolist()

@@ -46,8 +46,8 @@ def _tiny_config(workdir: Path, n_slides: int = 8, **overrides) -> Path:
     return path
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True, repo: Path = ROOT) -> subprocess.CompletedProcess:
-    cmd = [*SNAKEMAKE, "--snakefile", str(repo / "Snakefile"), "--directory", str(workdir),
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
     if check and proc.returncode != 0:
@@ -55,9 +55,9 @@ def snakemake(workdir: Path, *args: str, check: bool = True, repo: Path = ROOT) 
     return proc
 
 
-def planned_jobs(workdir: Path, *args: str, repo: Path = ROOT) -> dict[str, int]:
-    """Jobs per rule that a dry run (with `args`) of the workflow in `repo` would execute (from the job-stats table)."""
-    out = snakemake(workdir, "-n", "--quiet", "rules", *args, repo=repo).stdout
+def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
+    """Jobs per rule that a dry run (with `args`) would execute (from the job-stats table)."""
+    out = snakemake(workdir, "-n", "--quiet", "rules", *args).stdout
     jobs: dict[str, int] = {}
     first_table = out.split("Job stats:")[1] if "Job stats:" in out else ""  # dry runs print it twice
     for line in first_table.splitlines():
@@ -100,7 +100,7 @@ def test_end_to_end_benchmark(finished_run):
     assert len(by_encoder) == len(models)  # the pretrained encoder vs the baseline, per model
     assert (comparisons["n_slides"] == 8).all()
     claims = pd.read_csv(results / "claims.csv")
-    assert set(claims["verdict"]) <= {"holds", "does not hold", "inconclusive", "not run", "too few slides"}
+    assert set(claims["verdict"]) <= {"holds", "does not hold", "inconclusive", "not run"}
     qc = pd.read_csv(finished_run / "results" / "qc" / "cohort.tsv", sep="\t")
     assert len(qc) == 8 and (qc["n_tiles"] > 0).all()
     assert (finished_run / "results" / "roc.png").stat().st_size > 0
@@ -163,7 +163,11 @@ def test_reembedding_a_batch_reruns_its_feature_index_and_its_readers_only(finis
 @pytest.mark.e2e
 def test_editing_a_module_a_stage_imports_replans_that_stage(finished_run, tmp_path):
     """metrics.py is imported by mil, evaluate, heatmaps and probe (not by tile): editing it reruns those."""
-    copy = _repo_copy(tmp_path)
+    copy = tmp_path / "repo"
+    copy.mkdir()
+    for part in ("Snakefile", "workflow", "src", "config"):
+        src = ROOT / part
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, copy / part)
     cmd = [*SNAKEMAKE, "--snakefile", str(copy / "Snakefile"), "--directory", str(finished_run), "--configfile",
            str(finished_run / "config.yaml"), "--cores", "2", "-n", "--quiet", "rules"]
 
@@ -179,36 +183,6 @@ def test_editing_a_module_a_stage_imports_replans_that_stage(finished_run, tmp_p
     assert readers <= planned() <= readers | {"probe_table", "all"}
 
 
-def _repo_copy(tmp_path: Path) -> Path:
-    """A copy of the workflow and its package, whose code a test may edit."""
-    copy = tmp_path / "repo"
-    copy.mkdir()
-    for part in ("Snakefile", "workflow", "src", "config", "profiles", "envs"):
-        src = ROOT / part
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, copy / part)
-    return copy
-
-
-@pytest.mark.e2e
-def test_code_edits_rerun_what_they_change_and_nothing_else(finished_run, tmp_path):
-    """Versions hash what the code does, per registered model: a comment or a docstring reruns nothing (it
-    reran the whole cohort); a statement in abmil.py reruns abmil's MIL runs and their readers, not mean's."""
-    copy = _repo_copy(tmp_path)
-    assert planned_jobs(finished_run, repo=copy) == {}  # the copy's code is the code the run was made with
-    abmil, tissue = (copy / "src" / "slidemil" / m for m in ("mil/models/abmil.py", "slides/tissue.py"))
-    text = abmil.read_text()
-    abmil.write_text(text.replace('"""', '"""Edited. ', 1) + "\n# a comment\n")
-    tissue.write_text(tissue.read_text() + "\n# a comment\n")
-    assert planned_jobs(finished_run, repo=copy) == {}
-    abmil.write_text(text + "\n_EDITED = True\n")
-    runs = sorted(p.relative_to(finished_run).as_posix() for p in finished_run.glob("results/mil/*/abmil/*/*/predictions.csv"))
-    assert len(runs) == 2 * 2 * 2  # 2 encoders x 2 folds x 2 seeds; the 8 mean runs stay
-    # abmil's runs and their descendants, as Snakemake itself finds them on the unedited code
-    expected = planned_jobs(finished_run, "--forcerun", *runs)
-    assert expected["mil"] == len(runs)
-    assert planned_jobs(finished_run, repo=copy) == expected
-
-
 def test_cohort_jobs_read_one_index_per_feature_folder_not_every_store(tmp_path):
     """mil, heatmaps and probe take each scope's index.tsv (one input edge, however many slides), and
     only the index jobs list every store: the MIL jobs' per-slide inputs were most of the planning time."""
@@ -221,8 +195,7 @@ def test_cohort_jobs_read_one_index_per_feature_folder_not_every_store(tmp_path)
         inputs = re.search(r"^    input: (.*)$", m.group(2), re.M)
         jobs.setdefault(m.group(1), []).append(inputs.group(1).split(", ") if inputs else [])
     assert len(jobs["features_index"]) == 2 and len(jobs["features_index_fold"]) == 2  # 2 encoders; wsc x 2 folds
-    # 8 stores; the sheet is no input (its slide ids' digest is a param, so a relabel reruns no index)
-    assert sorted(len(i) for i in jobs["features_index_fold"]) == [8, 8]
+    assert sorted(len(i) for i in jobs["features_index_fold"]) == [9, 9]  # 8 stores + the sheet
     assert len(jobs["graphs_index"]) == 1
     for rule in ("mil", "heatmaps", "probe"):
         for inputs in jobs[rule]:
@@ -230,8 +203,7 @@ def test_cohort_jobs_read_one_index_per_feature_folder_not_every_store(tmp_path)
     mil_features = {i for inputs in jobs["mil"] for i in inputs if i.startswith("results/features/")}
     assert mil_features == {"results/features/resnet18_rand/index.tsv", "results/features/simclr-spatial/index.tsv",
                             "results/features/wsc/fold0/index.tsv", "results/features/wsc/fold1/index.tsv"}
-    # only models that read tile graphs (SRMIL) take the graphs' index: the demo's mean and abmil do not
-    assert not any("results/graphs/index.tsv" in inputs for inputs in jobs["mil"])
+    assert all("results/graphs/index.tsv" in inputs for inputs in jobs["mil"])
 
 
 @pytest.mark.e2e
@@ -281,31 +253,6 @@ def test_every_rule_has_a_conda_env_that_agrees_with_pyproject():
                 name = re.split(r"[<>=!~ ]", req, 1)[0].lower()
                 assert name in pins, f"{env}: {name} is not a dependency in pyproject.toml"
                 assert req.replace(" ", "") == pins[name], f"{env}: {req} disagrees with pyproject's {pins[name]}"
-
-
-def test_missing_weights_files_stop_the_run_before_any_job_naming_every_key(tmp_path):
-    """A missing file failed only the first encoder's jobs; after a finished run it replanned `evaluate`
-    alone, the old features then labelled with the new weights."""
-    cfg = yaml.safe_load(_tiny_config(tmp_path).read_text())
-    cfg["encoders"].append({**cfg["encoders"][0], "name": "second", "weights": "ckpt/second.pt"})
-    cfg["encoders"][0]["weights"] = "ckpt/first.pt"
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
-    proc = snakemake(tmp_path, "-n", check=False)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0
-    line = next(x for x in out.splitlines() if "weights file(s) not found" in x)
-    assert "encoders[0].weights = 'ckpt/first.pt'" in line and "encoders[1].weights = 'ckpt/second.pt'" in line
-    assert "MissingInputException" not in out and not (tmp_path / "results").exists()
-
-
-def test_pretrainings_initial_weights_are_its_input_so_a_replaced_file_reruns_it(tmp_path):
-    cfg = yaml.safe_load(_tiny_config(tmp_path).read_text())
-    cfg["pretrain"]["simclr-spatial"]["weights"] = "init.pt"
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
-    (tmp_path / "init.pt").write_bytes(b"")
-    out = snakemake(tmp_path, "-n", "results/encoders/simclr-spatial/all/encoder.pt").stdout
-    inputs = re.search(r"^rule pretrain:\n\s+input: (.*)$", out, re.M).group(1).split(", ")
-    assert "init.pt" in inputs
 
 
 def test_bad_sample_sheet_stops_before_any_job(tmp_path):

@@ -17,12 +17,11 @@ def _json(text: str) -> dict:
     return json.loads(text) if text else {}
 
 
-def _block(cls, text: str, block: str, **run):
-    """Config block `block` as its dataclass (slidemil.config): strict, the dataclass's defaults for missing keys;
-    `run`: the keys the workflow passes apart from the block (--workers: not a param, it reruns nothing)."""
+def _block(cls, text: str, block: str):
+    """Config block `block` as its dataclass (slidemil.config): strict, the dataclass's defaults for missing keys."""
     from slidemil.config import from_block
 
-    return from_block(cls, {**_json(text), **run}, block)
+    return from_block(cls, _json(text), block)
 
 
 def cmd_demo_slide(a: argparse.Namespace) -> None:
@@ -88,15 +87,14 @@ def cmd_embed(a: argparse.Namespace) -> None:
     from slidemil.config import EncoderSpec
     from slidemil.encoders.job import embed_job
 
-    embed_job(_block(EncoderSpec, a.encoder, "encoders", workers=a.workers), a.weights, a.tiles, a.out, a.seed,
-              a.device, a.threads)
+    embed_job(_block(EncoderSpec, a.encoder, "encoders"), a.weights, a.tiles, a.out, a.seed, a.device, a.threads)
 
 
 def cmd_pretrain(a: argparse.Namespace) -> None:
     from slidemil.ssl.job import pretrain_job
 
-    pretrain_job({**_json(a.params), "workers": a.workers}, a.scope, a.tiles_dir, a.samples, json.loads(a.classes),
-                 a.out, a.seed, a.device, a.threads, graphs_dir=a.graphs_dir, folds=a.folds)
+    pretrain_job(_json(a.params), a.scope, a.tiles_dir, a.samples, json.loads(a.classes), a.out, a.seed, a.device,
+                 a.threads, graphs_dir=a.graphs_dir, folds=a.folds)
 
 
 def cmd_qc(a: argparse.Namespace) -> None:
@@ -104,7 +102,7 @@ def cmd_qc(a: argparse.Namespace) -> None:
     from slidemil.cohorts.sheet import slide_paths
 
     write_cohort_qc(slide_paths(a.tiles_dir, a.samples, ".zarr"), slide_paths(a.masks_dir, a.samples, ".json"),
-                    a.out, a.plot, a.max_failed_fraction, a.on_slide_error)
+                    a.out, a.plot)
 
 
 def cmd_export_h5(a: argparse.Namespace) -> None:
@@ -138,8 +136,8 @@ def cmd_hnm_mine(a: argparse.Namespace) -> None:
 def cmd_hnm_finetune(a: argparse.Namespace) -> None:
     from slidemil.hnm.job import finetune_job
 
-    finetune_job({**_json(a.params), "workers": a.workers}, a.tiles_dir, a.samples, a.pseudo_labels, _json(a.base),
-                 a.init, a.out, a.seed, a.device, a.threads)
+    finetune_job(_json(a.params), a.tiles_dir, a.samples, a.pseudo_labels, _json(a.base), a.init, a.out, a.seed,
+                 a.device, a.threads)
 
 
 def cmd_hnm_mining(a: argparse.Namespace) -> None:
@@ -165,13 +163,6 @@ def cmd_probe(a: argparse.Namespace) -> None:
               a.bootstrap)
 
 
-def cmd_front_page(a: argparse.Namespace) -> None:
-    from slidemil.evaluate.job import front_page_job
-
-    front_page_job(a.samples, a.qc, a.folds, a.predictions, a.benchmark, a.comparisons, a.claims, a.froc,
-                   a.claims_section, a.cohort_out, a.page_out)
-
-
 def cmd_probe_table(a: argparse.Namespace) -> None:
     from slidemil.evaluate.probe import write_probe_table
 
@@ -192,10 +183,6 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=1)
-
-
-def add_workers(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers reading tiles (the entry's `workers`)")
 
 
 def add_on_error(p: argparse.ArgumentParser) -> None:
@@ -259,7 +246,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", required=True, help="JSON of one config `encoders` entry")
     p.add_argument("--weights", default=None, help="weights file (overrides the entry's `weights`)")
     add_run_args(p)
-    add_workers(p)
     p.add_argument("--out", nargs="+", required=True, help="feature stores, in the order of --tiles")
 
     # the sheet names the slides: n store paths on one command line would pass Linux's 128 KiB per argument
@@ -285,7 +271,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", required=True, help="sample sheet: the slides, and labels for label-using objectives")
     p.add_argument("--classes", default="[]", help="JSON list of class names; the first is negative")
     add_run_args(p)
-    add_workers(p)
     p.add_argument("--out", required=True, help="results/encoders/{encoder}/{scope}/encoder.pt")
     p = add("qc", cmd_qc, "cohort QC table from tile stores and mask sidecars")
     p.add_argument("--tiles-dir", required=True, help="results/tiles: {slide}.zarr of every slide of --samples")
@@ -293,9 +278,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", required=True, help="sample sheet: the slides, in its order")
     p.add_argument("--out", required=True)
     p.add_argument("--plot", default=None, help="cohort QC plot (PNG): tiles per slide coloured by status")
-    p.add_argument("--max-failed-fraction", type=float, default=1.0,
-                   help="config max_failed_fraction: with --on-slide-error skip, more failed slides exit 1")
-    add_on_error(p)
     p = add("export-h5", cmd_export_h5, "CLAM/TRIDENT-style HDF5 (coords [+ features]) of one tile store")
     p.add_argument("--tiles", required=True)
     p.add_argument("--features", default=None, help="feature store of the same slide to include")
@@ -345,20 +327,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, required=True, help="config evaluate.bootstrap")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="results/probe/{encoder}.csv")
-    p = add("front-page", cmd_front_page, "the report's front page: the slides (label, split, QC, predictions), "
-            "then the benchmark, comparisons and (claims benchmarks) claims")
-    p.add_argument("--samples", required=True)
-    p.add_argument("--qc", required=True, help="results/qc/cohort.tsv")
-    p.add_argument("--folds", required=True, help="results/folds.csv")
-    p.add_argument("--predictions", nargs="+", required=True, help="every MIL run's predictions.csv")
-    p.add_argument("--benchmark", required=True)
-    p.add_argument("--comparisons", required=True)
-    p.add_argument("--claims", required=True)
-    p.add_argument("--froc", nargs="*", default=[], help="results/heatmaps/{encoder}/{model}/froc.csv")
-    p.add_argument("--claims-section", action="store_true", help="show the claims (a claims benchmark: the demo)")
-    p.add_argument("--cohort-out", required=True, help="results/cohort.csv")
-    p.add_argument("--page-out", required=True, help="the HTML fragment workflow/report/workflow.rst includes")
-
     p = add("probe-table", cmd_probe_table, "one probe table from the per-encoder probe rows")
     p.add_argument("--rows", nargs="+", required=True)
     p.add_argument("--out", required=True)
@@ -382,7 +350,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", required=True, help="JSON of the base encoder's entry (arch, depth, input_size)")
     p.add_argument("--init", default="", help="round t-1 weights; none: the base's seeded random init")
     add_run_args(p)
-    add_workers(p)
     p.add_argument("--out", required=True, help="results/encoders/{run}-r{t}/fold{k}/encoder.pt")
     p = add("hnm-mining", cmd_hnm_mining, "hard-negative mining evidence: mined negatives vs mimic annotations")
     p.add_argument("--rounds", nargs="+", required=True, help="round dirs results/hnm/{run}/fold{k}/round{t}")

@@ -1,7 +1,6 @@
 # Sample sheet, config validation and input helpers shared by every rule file.
 import dataclasses
 import functools
-import hashlib
 import json
 import os
 import re
@@ -9,29 +8,20 @@ import shlex
 import sys
 from pathlib import Path
 
-from snakemake.resources import Resources
 from snakemake.utils import validate
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 SRC = Path(workflow.current_basedir).parents[1] / "src"
 sys.path.insert(0, str(SRC))  # the sheet checks below are slidemil's own (src/slidemil/cohorts/sheet.py)
 from slidemil.plan.codeversion import code_version as _code_version  # noqa: E402
-from slidemil.plan.jobs import FamilySettings, slide_batches  # noqa: E402
+from slidemil.plan.jobs import slide_batches  # noqa: E402
 from slidemil.cohorts.sheet import DEMO_MIMIC, DEMO_SLIDES, DEMO_TUMOUR, annotation_table, check_sheet, read_sheet  # noqa: E402
-from slidemil.config import unknown_key_line, with_defaults  # noqa: E402
-from slidemil.slides.summary import print_run_summary  # noqa: E402,F401 (the Snakefile's onsuccess/onerror)
-from slidemil.plan.catalogue import build_catalogue, check_weights, round_encoder, without_run_keys  # noqa: E402
-from slidemil.plan import registered  # noqa: E402
-from slidemil.plan.workdir import workflow_file  # noqa: E402
+from slidemil.config import with_defaults  # noqa: E402
+from slidemil.plan.catalogue import build_catalogue, round_encoder  # noqa: E402
 
-if _typo := unknown_key_line(config, workflow.configfiles):
-    sys.exit(_typo)  # one line (file, key, "did you mean"), not the schema's dump of the whole block
 validate(config, schema="../schemas/config.schema.yaml")  # types and ranges; the dataclasses give the defaults
 config.update(with_defaults(config))  # every key present, as the rules pass whole blocks
-if not workflow.overwrite_configfiles:  # the demo's config (Snakefile): its sheet is the workflow's, run from anywhere
-    config["samples"] = workflow_file(config["samples"], workflow.basedir, Path.cwd())
 CATALOGUE = build_catalogue(config)  # encoders, scopes, mining rounds, the MIL grid: checked against the registries
-check_weights(CATALOGUE, Path.cwd())  # every missing weights file at once, before any job
 MIL_RUNS = {run: json.dumps(r.params(), sort_keys=True) for run, r in CATALOGUE.mil_runs.items()}  # the mil rule's --params
 
 SAMPLES = read_sheet(config["samples"])
@@ -45,13 +35,6 @@ SLIDES = list(SAMPLES.index)
 SLIDE_PATHS = dict(zip(SLIDES, SAMPLES["path"]))
 SLIDE_MPP = {s: float(m) for s, m in zip(SLIDES, SAMPLES["mpp"]) if m == m} if "mpp" in SAMPLES.columns else {}
 SLIDE_LABELS = dict(zip(SLIDES, SAMPLES["label"]))
-# Jobs that read only the sheet's slide ids (QC table, indexes, label-free pretraining) do not take the sheet
-# as an input (a relabel would rerun them): the ids' digest is their param, the sheet's path is a param
-SLIDE_IDS = hashlib.sha256("\n".join(SLIDES).encode()).hexdigest()[:16]
-SAMPLE_SHEET = config["samples"]
-# resources of the qc job, not params: the ceiling decides whether the run stops, never what the table holds
-MAX_FAILED_FRACTION = config["max_failed_fraction"]
-ON_SLIDE_ERROR = config["on_slide_error"]
 ANNOTATION_TABLE = annotation_table(SAMPLES, config["demo"]["enabled"])  # tumour and mimic outlines per slide
 ANNOTATIONS = "results/annotations.json"  # the same table, for the jobs (rule annotations_index)
 ENCODERS = CATALOGUE.encoders  # embedded once: frozen entries and label-free pretrained ones (scope all)
@@ -95,20 +78,9 @@ def as_arg(obj) -> str:
 
 
 @functools.cache  # once per stage and run: batch rules would otherwise parse the package per rule
-def code_version(*roots: str, own_modules: bool = False) -> str:
-    """Hash of the import closure of a stage's modules: Snakemake does not see imported code changing.
-    own_modules: the roots name the registered modules the job uses; its registry's others are left out."""
-    return _code_version(SRC / "slidemil", *roots, excluded=registered.modules() if own_modules else frozenset())
-
-
-def mil_code(wildcards) -> str:
-    """A MIL run's code: training and its model's module, so editing abmil.py reruns abmil's runs only."""
-    return code_version("cli:cmd_mil", *CATALOGUE.mil_modules(wildcards.model), own_modules=True)
-
-
-def pretrain_code(wildcards) -> str:
-    """A pretrain entry's code: pretraining and its objective's and sampler's modules only."""
-    return code_version("cli:cmd_pretrain", *CATALOGUE.pretrain_modules(wildcards.encoder), own_modules=True)
+def code_version(*roots: str) -> str:
+    """Hash of the import closure of a stage's modules: Snakemake does not see imported code changing."""
+    return _code_version(SRC / "slidemil", *roots)
 
 
 def tile_batch_arg(slides: list[str]) -> str:
@@ -126,17 +98,8 @@ def encoder_arg(wildcards) -> str:
 
 
 def encoder_block(encoder: str) -> str:
-    """An encoder's entry, every field filled in but `workers` (resource `workers`), as the embed job's --encoder."""
-    return as_arg(without_run_keys(dataclasses.asdict(ENCODERS[encoder])))
-
-
-def workers_of(encoder: str) -> int:
-    """DataLoader workers of an embed job: a resource, not a param, as they change no feature."""
-    return (ENCODERS[encoder] if encoder in ENCODERS else CATALOGUE.fold_encoder(encoder, 0)).workers
-
-
-def encoder_workers(wildcards) -> int:
-    return workers_of(wildcards.encoder)
+    """An encoder's entry, every field filled in, as the embed job's --encoder."""
+    return as_arg(dataclasses.asdict(ENCODERS[encoder]))
 
 
 SEEDS = CATALOGUE.seeds
@@ -184,14 +147,9 @@ def heatmap_fold_dirs(wildcards) -> str:
     return " ".join(str(Path(p).parent) for p in heatmap_predictions(wildcards))
 
 
-def all_froc() -> list[str]:
-    """Every (encoder, model)'s lesion FROC summary (rule heatmaps)."""
-    return [f"results/heatmaps/{encoder}/{model}/froc.csv" for model, encoders in MIL_GRID.items() for encoder in encoders]
-
-
 def all_outputs() -> list[str]:
     probe = ["results/probe.csv"] if ANNOTATION_TABLE["tumour"] else []  # needs tumour annotations
-    return ["results/benchmark.csv", "results/cohort.csv", QC_TABLE, *probe,
+    return ["results/benchmark.csv", QC_TABLE, *probe,
             *(f"results/heatmaps/{encoder}/{model}/instance_metrics.csv"
               for model, encoders in MIL_GRID.items() for encoder in encoders),
             GRAPHS_INDEX]  # every graph, through its index: one edge, not one per slide
@@ -210,28 +168,6 @@ def encoder_weights(wildcards) -> list[str]:
     return weights_of(wildcards.encoder)
 
 
-def _merged_resources(entries: list) -> Resources:
-    merged = Resources()
-    for entry in entries:
-        merged.update(entry)
-    return merged
-
-
-def _last_threads(entries: list):
-    return entries[-1]
-
-
-# Snakemake keeps --set-resources/--set-threads only as these parsed dicts, hence the private attributes.
-FAMILY_SETTINGS = FamilySettings([(workflow.resource_settings._parsed_overwrite_resources, _merged_resources),
-                                  (workflow.resource_settings._parsed_overwrite_threads, _last_threads)])
-
-
-def family_rule(name: str, *families: str) -> str:
-    """A batch rule's name, lent its families' set-resources/set-threads (profiles/slurm: `tile`, `graph`,
-    `embed`, `embed_fold`) while Snakemake defines it: those match rule names only (slidemil.plan.jobs)."""
-    return FAMILY_SETTINGS.lend(name, families)
-
-
 def embed_batch_rule(encoder: str, batch: int) -> str:
     """embed_b{batch}_{encoder as a word}: the name of one encoder's embedding job for one batch."""
     word = re.sub(r"\W", "_", encoder)  # encoder names may hold "-" and "."
@@ -247,7 +183,7 @@ def fold_encoder_arg(wildcards) -> str:
 
 
 def fold_encoder_block(encoder: str, fold) -> str:
-    return as_arg(without_run_keys(dataclasses.asdict(CATALOGUE.fold_encoder(encoder, fold))))
+    return as_arg(dataclasses.asdict(CATALOGUE.fold_encoder(encoder, fold)))
 
 
 def pretrain_inputs(wildcards) -> dict:
@@ -258,12 +194,10 @@ def pretrain_inputs(wildcards) -> dict:
     if wildcards.scope not in PRETRAIN_SCOPES[wildcards.encoder]:
         raise ValueError(f"pretrain {wildcards.encoder}: scope {wildcards.scope} is not one of "
                          f"{PRETRAIN_SCOPES[wildcards.encoder]}")
-    inputs = {"tiles": QC_TABLE, "graphs": GRAPHS_INDEX if CATALOGUE.needs_graphs(wildcards.encoder) else [],
-              "samples": config["samples"] if CATALOGUE.uses_labels(wildcards.encoder) else []}  # else ids only
+    inputs = {"tiles": QC_TABLE, "samples": config["samples"],
+              "graphs": GRAPHS_INDEX if CATALOGUE.needs_graphs(wildcards.encoder) else []}
     if wildcards.scope != "all":
         inputs["folds"] = "results/folds.csv"
-    init = PRETRAIN[wildcards.encoder].weights
-    inputs["weights"] = [init] if init else []  # as embed's: a replaced initial-weights file reruns pretraining
     return inputs
 
 
@@ -273,22 +207,17 @@ def pretrain_graphs_flag(wildcards) -> str:
 
 
 def pretrain_arg(wildcards) -> str:
-    """The entry but `workers` and `gpus` (resources `workers`, `gpu`): they change no weights."""
-    return as_arg(without_run_keys(dataclasses.asdict(PRETRAIN[wildcards.encoder])))
-
-
-def pretrain_classes(wildcards) -> str:
-    """The classes, for entries whose objective reads labels; [] for the others (adding a class reruns no
-    label-free pretraining)."""
-    return as_arg(config["classes"] if CATALOGUE.uses_labels(wildcards.encoder) else [])
-
-
-def pretrain_workers(wildcards) -> int:
-    return PRETRAIN[wildcards.encoder].workers
+    return as_arg(dataclasses.asdict(PRETRAIN[wildcards.encoder]))
 
 
 def pretrain_gpus(wildcards) -> int:
     return PRETRAIN[wildcards.encoder].gpus
+
+
+def pretrain_launcher(wildcards) -> str:
+    """`python -m slidemil`, or torchrun with one process per GPU when the entry asks for several."""
+    n = PRETRAIN[wildcards.encoder].gpus
+    return f"torchrun --standalone --nproc_per_node {n} -m slidemil" if n > 1 else "python -m slidemil"
 
 
 def pretrain_folds_flag(wildcards, input) -> str:
@@ -317,15 +246,6 @@ def features_index(encoder: str, fold) -> str:
     return f"{encoder_features_dir(encoder, fold)}/index.tsv"
 
 
-def mil_graphs(wildcards) -> list[str]:
-    """The graphs' index, for MIL runs whose model reads graphs: graph.radius reruns no other run."""
-    return [GRAPHS_INDEX] if CATALOGUE.mil_needs_graphs(wildcards.model) else []
-
-
-def mil_graphs_flag(wildcards) -> str:
-    return "--graphs-dir results/graphs" if CATALOGUE.mil_needs_graphs(wildcards.model) else ""
-
-
 def mil_features(wildcards) -> str:
     """The feature index of a MIL job (encoder, fold), in its encoder's scope."""
     return features_index(wildcards.encoder, wildcards.fold)
@@ -346,11 +266,7 @@ def feature_stores(features_dir: str) -> list[str]:
 
 def hnm_arg(wildcards) -> str:
     """The run's params without `rounds`/`enabled`: raising `rounds` leaves finished rounds as they are."""
-    return as_arg(without_run_keys(HNM[wildcards.run].round_params()))  # `workers`: resource `workers`
-
-
-def hnm_workers(wildcards) -> int:
-    return HNM[wildcards.run].workers
+    return as_arg(HNM[wildcards.run].round_params())
 
 
 def hnm_previous_encoder(wildcards) -> str:
@@ -397,7 +313,7 @@ def hnm_init_flag(wildcards, input) -> str:
 
 
 def hnm_base_arg(wildcards) -> str:
-    return as_arg(without_run_keys(dataclasses.asdict(CATALOGUE.hnm_base(wildcards.run, wildcards.fold))))
+    return as_arg(dataclasses.asdict(CATALOGUE.hnm_base(wildcards.run, wildcards.fold)))
 
 
 def hnm_run_rounds(wildcards) -> list[str]:

@@ -3,25 +3,21 @@
 # tumour look-alikes, the hard negatives that mining should find), both GeoJSON in level-0 px.
 
 
-# Only for the demo: with `demo.enabled: false` the sheet's slides are the user's files, never
-# regenerated (the rule's params changing would otherwise remake them and rerun the cohort).
-if config["demo"]["enabled"]:
-
-    rule demo_slide:
-        output:
-            slide=DEMO_SLIDES,
-            annotation=DEMO_TUMOUR,
-            mimic=DEMO_MIMIC,  # written beside `annotation` (slidemil.cohorts.demo.mimic_path)
-        params:
-            positive=demo_positive,
-            seed=config["seed"],
-            cfg=as_arg(config["demo"]),
-            code=code_version("cli:cmd_demo_slide"),
-        log:
-            "logs/demo_slide/{slide}.log",
-        benchmark:
-            "results/benchmarks/demo_slide/{slide}.tsv"
-        conda:
-            "../../envs/slide-io.yaml"
-        shell:
-            "python -m slidemil demo-slide --slide-id {wildcards.slide} --positive {params.positive} --seed {params.seed} --params {params.cfg} --out {output.slide:q} --annotation {output.annotation:q} 2> {log:q}"
+rule demo_slide:
+    output:
+        slide=DEMO_SLIDES,
+        annotation=DEMO_TUMOUR,
+        mimic=DEMO_MIMIC,  # written beside `annotation` (slidemil.cohorts.demo.mimic_path)
+    params:
+        positive=demo_positive,
+        seed=config["seed"],
+        cfg=as_arg(config["demo"]),
+        code=code_version("cli:cmd_demo_slide"),
+    log:
+        "logs/demo_slide/{slide}.log",
+    benchmark:
+        "results/benchmarks/demo_slide/{slide}.tsv"
+    conda:
+        "../../envs/slide-io.yaml"
+    shell:
+        "python -m slidemil demo-slide --slide-id {wildcards.slide} --positive {params.positive} --seed {params.seed} --params {params.cfg} --out {output.slide:q} --annotation {output.annotation:q} 2> {log:q}"

@@ -4,7 +4,7 @@
 
 EMBED_SHELL = (
     "python -m slidemil embed --tiles {input.tiles:q} --encoder {params.encoder} {params.weights} "
-    "--workers {resources.workers} --seed {params.seed} --device {params.device} --threads {threads} --out {output:q} 2> {log:q}"
+    "--seed {params.seed} --device {params.device} --threads {threads} --out {output:q} 2> {log:q}"
 )
 
 
@@ -29,7 +29,6 @@ if EMBED_PER_JOB == 1:
         threads: config["embed"]["threads"]
         resources:
             gpu=1,
-            workers=encoder_workers,  # DataLoader workers: how the job runs, not what it writes (no param)
             mem_mb=4000,
             runtime=30,
         conda:
@@ -48,7 +47,7 @@ else:
 
             rule:
                 name:
-                    family_rule(embed_batch_rule(_encoder, _batch), "embed")
+                    embed_batch_rule(_encoder, _batch)
                 input:
                     tiles=expand("results/tiles/{slide}.zarr", slide=_slides),
                     weights=weights_of(_encoder),
@@ -67,7 +66,6 @@ else:
                 threads: config["embed"]["threads"]
                 resources:
                     gpu=1,
-                    workers=workers_of(_encoder),  # DataLoader workers: how the job runs, not what it writes (no param)
                     mem_mb=4000,
                     runtime=30,
                 conda:
@@ -79,7 +77,6 @@ else:
 # Features of an encoder trained on fold k's training slides (config `pretrain` entries that use labels,
 # and mining rounds): every slide of the cohort, per fold, batched like `embed` above.
 if EMBED_PER_JOB == 1:
-    family_rule("embed_fold", "embed")  # a profile's `embed` entry reaches fold-trained encoders too
 
     rule embed_fold:
         input:
@@ -102,7 +99,6 @@ if EMBED_PER_JOB == 1:
         threads: config["embed"]["threads"]
         resources:
             gpu=1,
-            workers=encoder_workers,  # DataLoader workers: how the job runs, not what it writes (no param)
             mem_mb=4000,
             runtime=30,
         conda:
@@ -119,7 +115,7 @@ else:
 
                 rule:
                     name:
-                        family_rule(embed_batch_rule(f"{_encoder}_fold{_fold}", _batch), "embed", "embed_fold")
+                        embed_batch_rule(f"{_encoder}_fold{_fold}", _batch)
                     input:
                         tiles=expand("results/tiles/{slide}.zarr", slide=_slides),
                         weights=[f"results/encoders/{_encoder}/fold{_fold}/encoder.pt"],
@@ -138,7 +134,6 @@ else:
                     threads: config["embed"]["threads"]
                     resources:
                         gpu=1,
-                        workers=workers_of(_encoder),  # DataLoader workers: how the job runs, not what it writes (no param)
                         mem_mb=4000,
                         runtime=30,
                     conda:

@@ -1,10 +1,6 @@
 # The benchmark tables (per encoder x model, and per run), paired comparisons, the claims table
 # and the ROC plot, from every MIL run's predictions (slidemil.evaluate.benchmark documents the estimators).
 
-from slidemil.evaluate.claims import claims_config  # noqa: E402
-
-CLAIMS_CONFIG = claims_config(config["encoders"] + CATALOGUE.hnm_metadata(), config["pretrain"])
-
 
 rule evaluate:
     input:
@@ -41,12 +37,10 @@ rule evaluate:
             labels={"result": "claims"},
         ),
     params:
-        # not the keys of other stages (the folds', the heatmaps'): they must not rerun the benchmark; a new key
-        # reaches it (never stale), and tests/test_rerun_matrix.py says if it should not
-        cfg=as_arg({k: v for k, v in config["evaluate"].items() if k not in (*FOLD_KEYS, "png_per_fold", "froc")}),
-        encoders=as_arg(CLAIMS_CONFIG[0]),  # + hard-negative-mining rounds (claims metadata)
+        cfg=as_arg(config["evaluate"]),
+        encoders=as_arg(config["encoders"] + CATALOGUE.hnm_metadata()),  # + hard-negative-mining rounds (claims metadata)
         models=as_arg(config["mil"]["models"]),
-        pretrain=as_arg(CLAIMS_CONFIG[1]),
+        pretrain=as_arg(config["pretrain"]),
         classes=as_arg(config["classes"]),
         bootstrap=config["evaluate"]["bootstrap"],
         seed=config["seed"],
@@ -57,38 +51,6 @@ rule evaluate:
         "../../envs/torch.yaml"
     shell:
         "python -m slidemil evaluate --predictions {input:q} --classes {params.classes} --params {params.cfg} --encoders {params.encoders} --models {params.models} --pretrain {params.pretrain} --bootstrap {params.bootstrap} --seed {params.seed} --out {output.table:q} --runs-out {output.runs:q} --plot {output.plot:q} --comparisons {output.comparisons:q} --claims {output.claims:q} 2> {log:q}"
-
-
-
-# The report's front page: the slides (label, split, QC, test predictions), then the benchmark tables
-# (slidemil.evaluate.front_page); workflow/report/workflow.rst includes the page once cohort.csv is in the report.
-rule front_page:
-    input:
-        samples=config["samples"],
-        qc=QC_TABLE,
-        folds="results/folds.csv",
-        predictions=all_predictions(),
-        benchmark="results/benchmark.csv",
-        comparisons="results/comparisons.csv",
-        claims="results/claims.csv",
-        froc=all_froc(),
-    output:
-        cohort=report(
-            "results/cohort.csv",
-            caption="../report/cohort.rst",
-            category="0. Slides",
-            labels={"result": "slides: label, split, QC, predictions"},
-        ),
-        page="results/report/front_page.html",
-    params:
-        claims="--claims-section" if config["demo"]["enabled"] else "",  # the papers' claims: the synthetic cohort's
-        code=code_version("cli:cmd_front_page"),
-    log:
-        "logs/front_page/front_page.log",
-    conda:
-        "../../envs/torch.yaml"
-    shell:
-        "python -m slidemil front-page --samples {input.samples:q} --qc {input.qc:q} --folds {input.folds:q} --predictions {input.predictions:q} --benchmark {input.benchmark:q} --comparisons {input.comparisons:q} --claims {input.claims:q} --froc {input.froc:q} {params.claims} --cohort-out {output.cohort:q} --page-out {output.page:q} 2> {log:q}"
 
 
 

@@ -70,14 +70,13 @@ rule hnm_finetune:
     priority: 10
     resources:
         gpu=1,
-        workers=hnm_workers,  # DataLoader workers: how the job runs, not what it writes (no param)
         mem_mb=16000,
         runtime=720,
     conda:
         "../../envs/torch.yaml"
     shell:
         "python -m slidemil hnm-finetune --tiles-dir results/tiles --samples {input.samples:q} --pseudo-labels {input.labels:q} "
-        "--params {params.cfg} --workers {resources.workers} --base {params.base} {params.init} --seed {params.seed} --device {params.device} "
+        "--params {params.cfg} --base {params.base} {params.init} --seed {params.seed} --device {params.device} "
         "--threads {threads} --out {output:q} 2> {log:q}"
 
 

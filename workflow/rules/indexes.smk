@@ -6,11 +6,10 @@
 rule features_index:
     input:
         stores=index_feature_stores,
+        samples=config["samples"],  # names the slides (n paths on the command line would overflow it)
     output:
         "results/features/{encoder}/index.tsv",
     params:
-        slides=SLIDE_IDS,  # the sheet names the slides (n paths would overflow the command line): ids only
-        sheet=SAMPLE_SHEET,  # its path: a relabel in place keeps both params
         features_dir="results/features/{encoder}",
         code=code_version("cli:cmd_features_index"),
     log:
@@ -23,15 +22,13 @@ rule features_index:
     conda:
         "../../envs/slide-io.yaml"
     shell:
-        "python -m slidemil features-index --features-dir {params.features_dir:q} --samples {params.sheet:q} --out {output:q} 2> {log:q}"
+        "python -m slidemil features-index --features-dir {params.features_dir:q} --samples {input.samples:q} --out {output:q} 2> {log:q}"
 
 
 use rule features_index as features_index_fold with:
     output:
         "results/features/{encoder}/fold{fold}/index.tsv",
     params:
-        slides=SLIDE_IDS,
-        sheet=SAMPLE_SHEET,
         features_dir="results/features/{encoder}/fold{fold}",
         code=code_version("cli:cmd_features_index"),
     log:
@@ -43,11 +40,10 @@ use rule features_index as features_index_fold with:
 rule graphs_index:
     input:
         graphs=expand("results/graphs/{slide}.npz", slide=SLIDES),
+        samples=config["samples"],
     output:
         GRAPHS_INDEX,
     params:
-        slides=SLIDE_IDS,
-        sheet=SAMPLE_SHEET,
         code=code_version("cli:cmd_graphs_index"),
     log:
         "logs/graphs_index.log",
@@ -57,7 +53,7 @@ rule graphs_index:
     conda:
         "../../envs/slide-io.yaml"
     shell:
-        "python -m slidemil graphs-index --graphs-dir results/graphs --samples {params.sheet:q} --out {output:q} 2> {log:q}"
+        "python -m slidemil graphs-index --graphs-dir results/graphs --samples {input.samples:q} --out {output:q} 2> {log:q}"
 
 
 rule annotations_index:

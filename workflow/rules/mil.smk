@@ -1,9 +1,6 @@
 # Fold assignment and MIL training per encoder x model x fold x seed (GPU when allocated, else CPU).
 
 
-FOLD_KEYS = ("n_folds", "val_fraction", "use_official_split")  # the keys of config `evaluate` that split
-
-
 rule folds:
     input:
         samples=config["samples"],  # the whole sheet, not the QC table: QC changes never move a slide
@@ -11,7 +8,7 @@ rule folds:
         "results/folds.csv",
     params:
         # only the keys that split: a bootstrap or claims setting must not rerun the folds and all MIL
-        cfg=as_arg({k: config["evaluate"][k] for k in FOLD_KEYS}),
+        cfg=as_arg({k: config["evaluate"][k] for k in ("n_folds", "val_fraction", "use_official_split")}),
         seed=config["seed"],
         code=code_version("cli:cmd_folds"),
     log:
@@ -25,7 +22,7 @@ rule folds:
 rule mil:
     input:
         features=mil_features,  # the scope's index.tsv (all, or fold{k}): one edge, not one per slide
-        graphs=mil_graphs,  # SRMIL's tile graphs, through their index likewise; other models read none
+        graphs=GRAPHS_INDEX,  # SRMIL's tile graphs, through their index likewise
         folds="results/folds.csv",
         samples=config["samples"],
     output:
@@ -36,10 +33,10 @@ rule mil:
     params:
         cfg=lookup(dpath="{model}", within=MIL_RUNS),  # this run's block over mil's top-level keys
         classes=as_arg(config["classes"]),
+        cache_mb=config["mil"]["cache_mb"],
         features_dir=features_dir,
-        graphs=mil_graphs_flag,
         out_dir="results/mil/{encoder}/{model}/fold{fold}/seed{seed}",
-        code=mil_code,
+        code=code_version("cli:cmd_mil"),
     log:
         "logs/mil/{encoder}/{model}/fold{fold}/seed{seed}.log",
     benchmark:
@@ -47,11 +44,9 @@ rule mil:
     threads: 1
     resources:
         gpu=1,
-        # how the job runs, not what it writes: a resource, not a param, so a larger cache reruns nothing
-        cache_mb=config["mil"]["cache_mb"],
         mem_mb=8000,
         runtime=60,
     conda:
         "../../envs/torch.yaml"
     shell:
-        "python -m slidemil mil --features-dir {params.features_dir} --folds {input.folds:q} --samples {input.samples:q} --fold {wildcards.fold} --model {wildcards.model} --params {params.cfg:q} --classes {params.classes} --seed {wildcards.seed} --threads {threads} {params.graphs} --cache-mb {resources.cache_mb} --out-dir {params.out_dir} 2> {log:q}"
+        "python -m slidemil mil --features-dir {params.features_dir} --folds {input.folds:q} --samples {input.samples:q} --fold {wildcards.fold} --model {wildcards.model} --params {params.cfg:q} --classes {params.classes} --seed {wildcards.seed} --threads {threads} --graphs-dir results/graphs --cache-mb {params.cache_mb} --out-dir {params.out_dir} 2> {log:q}"

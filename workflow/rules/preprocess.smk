@@ -9,7 +9,7 @@ for _batch, _slides in TILE_BATCHES.items():
 
     rule:
         name:
-            family_rule(f"tile_b{_batch}", "tile")
+            f"tile_b{_batch}"
         input:
             slides=[SLIDE_PATHS[s] for s in _slides],
         output:
@@ -46,7 +46,7 @@ for _batch, _slides in GRAPH_BATCHES.items():
 
     rule:
         name:
-            family_rule(f"graph_b{_batch}", "graph")
+            f"graph_b{_batch}"
         input:
             tiles=expand("results/tiles/{slide}.zarr", slide=_slides),
         output:
@@ -69,6 +69,7 @@ rule qc_cohort:
     input:
         tiles=expand("results/tiles/{slide}.zarr", slide=SLIDES),
         masks=expand("results/masks/{slide}.json", slide=SLIDES),
+        samples=config["samples"],  # names the slides (n paths on the command line would overflow it)
     output:
         table=report(
             QC_TABLE,
@@ -83,21 +84,13 @@ rule qc_cohort:
             labels={"result": "QC overview"},
         ),
     params:
-        slides=SLIDE_IDS,  # the sheet names the slides (n paths would overflow the command line): ids only
-        sheet=SAMPLE_SHEET,
         code=code_version("cli:cmd_qc"),
     log:
         "logs/qc_cohort/cohort.log",
-    priority: 50  # before embedding and pretraining start on a cohort it may reject
-    resources:
-        # the run's gate, not a param: the table does not depend on it, so a new ceiling reruns nothing
-        max_failed_fraction=str(MAX_FAILED_FRACTION),
-        on_slide_error=ON_SLIDE_ERROR,
     conda:
         "../../envs/slide-io.yaml"
     shell:
-        "python -m slidemil qc --tiles-dir results/tiles --masks-dir results/masks --samples {params.sheet:q} --out {output.table:q} --plot {output.plot:q} "
-        "--max-failed-fraction {resources.max_failed_fraction} --on-slide-error {resources.on_slide_error} 2> {log:q}"
+        "python -m slidemil qc --tiles-dir results/tiles --masks-dir results/masks --samples {input.samples:q} --out {output.table:q} --plot {output.plot:q} 2> {log:q}"
 
 
 # Optional, not in `rule all`: CLAM/TRIDENT-style HDF5 per slide (`snakemake --cores 2 export_h5_all`).

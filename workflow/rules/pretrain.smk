@@ -13,12 +13,11 @@ rule pretrain:
         cfg=pretrain_arg,
         folds=pretrain_folds_flag,
         graphs=pretrain_graphs_flag,
-        classes=pretrain_classes,
-        slides=SLIDE_IDS,  # label-free entries read the sheet's ids only (labels: the sheet is an input)
-        sheet=SAMPLE_SHEET,
+        classes=as_arg(config["classes"]),
         seed=config["seed"],
         device=config["embed"]["device"],
-        code=pretrain_code,
+        launcher=pretrain_launcher,
+        code=code_version("cli:cmd_pretrain"),
     log:
         "logs/pretrain/{encoder}/{scope}.log",
     benchmark:
@@ -29,14 +28,12 @@ rule pretrain:
     threads: 2
     priority: 10  # a long job that every embed and MIL job of its encoder waits for
     resources:
-        gpu=pretrain_gpus,  # > 1: torchrun, one process per GPU (the shell reads it: gpus change no weights)
-        workers=pretrain_workers,
+        gpu=pretrain_gpus,
         mem_mb=16000,
         runtime=720,
     conda:
         "../../envs/torch.yaml"
     shell:
-        "launch=python; [ {resources.gpu} -le 1 ] || launch='torchrun --standalone --nproc_per_node {resources.gpu}'; "
-        "$launch -m slidemil pretrain --params {params.cfg} --workers {resources.workers} --scope {wildcards.scope} --tiles-dir results/tiles "
-        "{params.graphs} {params.folds} --samples {params.sheet:q} --classes {params.classes} "
+        "{params.launcher} pretrain --params {params.cfg} --scope {wildcards.scope} --tiles-dir results/tiles "
+        "{params.graphs} {params.folds} --samples {input.samples:q} --classes {params.classes} "
         "--seed {params.seed} --device {params.device} --threads {threads} --out {output:q} 2> {log:q}"

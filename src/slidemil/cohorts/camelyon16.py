@@ -14,7 +14,7 @@ from pathlib import Path
 
 from slidemil.cohorts.annotations import read_asap_annotation
 from slidemil.cohorts.registry import register_builder
-from slidemil.cohorts.sheet import CohortError, SampleRow, drop_missing, user_path
+from slidemil.cohorts.sheet import CohortError, SampleRow, drop_missing
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +120,11 @@ def build_camelyon16(
         rows.append(
             SampleRow(
                 slide_id=sid,
-                path=user_path(p),
+                path=str(p.resolve()),
                 label=label,
                 patient_id=sid,
                 split="test" if kind == "test" else "train",
-                annotation=user_path(xml) if xml is not None else None,
+                annotation=str(xml.resolve()) if xml is not None else None,
             )
         )
     if annotations is not None:

@@ -43,8 +43,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from slidemil.cohorts.sheet import SampleSheetError
-
 log = logging.getLogger(__name__)
 
 ROLES = ("train", "val", "test")
@@ -175,9 +173,9 @@ def fold_table(samples: pd.DataFrame, n_folds: int, seed: int, val_fraction: flo
     per_class = patients.value_counts()
     for label, n in sorted(per_class.items()):
         if n < n_folds:
-            raise FoldBalanceError(
+            raise ValueError(
                 f"class {label!r} has {n} patient(s), fewer than n_folds={n_folds}: every test "
-                f"part needs one; {_more_or_fewer(label, n, n_folds)} "
+                f"part needs one; lower evaluate.n_folds to <= {int(per_class.min())} in the config "
                 "(or give an official split in the sample sheet's `split` column)")
 
     test_fold = pd.Series(_bucket_folds(patients, n_folds, seed))
@@ -190,71 +188,7 @@ def fold_table(samples: pd.DataFrame, n_folds: int, seed: int, val_fraction: flo
                         np.where(samples["patient_id"].isin(val), "val", "train"))
         parts.append(pd.DataFrame({"slide_id": samples["slide_id"], "fold": fold, "role": role}))
     table = pd.concat(parts, ignore_index=True)
-    table = table.sort_values(["fold", "slide_id"]).reset_index(drop=True)[FOLD_COLUMNS]
-    labels = dict(zip(samples["slide_id"], samples["label"]))
-    for fold, g in table.groupby("fold"):  # on the sheet; fold_bags checks again after QC
-        check_fold_balance(role_class_counts(g, labels, sorted(per_class.index)), int(fold), n_folds, val_fraction)
-    return table
-
-
-class FoldBalanceError(SampleSheetError):
-    """A fold cannot train or select a model: a training or validation set holds a single class.
-    The message names the fold, the role, the counts and a fix that keeps cross-validation."""
-
-
-MIN_FOLDS = 2  # fewer is no cross-validation: a fix never suggests it
-UNBALANCED = 0.5  # a role is unbalanced when a class has less than this share of its expected slides
-
-
-def _more_or_fewer(label: str, n: int, n_folds: int) -> str:
-    """The fix for too few patients of one class: fewer folds while that keeps cross-validation, else more
-    patients of the class (never n_folds <= 1)."""
-    if n >= MIN_FOLDS:
-        return f"lower evaluate.n_folds to {min(n, n_folds - 1)} in the config or add patients of class {label!r}"
-    return (f"add patients of class {label!r} (cross-validation needs at least {MIN_FOLDS} per class) "
-            "or leave the class out of config `classes` and the sheet")
-
-
-def role_class_counts(table: pd.DataFrame, labels: dict[str, str], classes: list[str]) -> pd.DataFrame:
-    """Slides per (role, class) of one fold's rows of the fold table (columns slide_id, role), every role
-    of ROLES present in the table and every class of `classes` a column (0 when absent)."""
-    lab = table["slide_id"].astype(str).map(labels)
-    counts = pd.crosstab(table["role"], lab).reindex(columns=classes, fill_value=0)
-    return counts.reindex([r for r in ROLES if r in set(table["role"])], fill_value=0).astype(int)
-
-
-def check_fold_balance(counts: pd.DataFrame, fold: int, n_folds: int, val_fraction: float | None = None,
-                       expected: dict[str, float] | None = None, left_out: dict[str, int] | None = None) -> None:
-    """Raise FoldBalanceError when fold `fold`'s training slides miss a class or its validation slides hold a
-    single class; log a warning per role that is unbalanced or misses a class (test: undefined fold AUC).
-
-    counts: slides per (role, class), `role_class_counts`. expected: each class's share of the cohort
-    (the sheet's); a role is unbalanced when a class has less than UNBALANCED of its share of the role's
-    slides. left_out: slides per class QC left out of this fold (named in the message)."""
-    classes = list(counts.columns)
-    lost = {c: n for c, n in (left_out or {}).items() if n}
-    why = f"; QC left out {', '.join(f'{n} {c}' for c, n in lost.items())}" if lost else ""
-    for role, row in counts.iterrows():
-        n = int(row.sum())
-        if n == 0:
-            continue
-        have = ", ".join(f"{c} {int(row[c])}" for c in classes)
-        missing = [c for c in classes if row[c] == 0]
-        fatal = (role == "train" and missing) or (role == "val" and len(classes) - len(missing) < 2)
-        if fatal:
-            fixes = [f"fewer folds (evaluate.n_folds: {n_folds - 1})"] if n_folds - 1 >= MIN_FOLDS else []
-            if role == "val" and val_fraction is not None:
-                fixes.append(f"a larger evaluate.val_fraction (now {val_fraction:g})")
-            fixes.append(f"more slides of class {' and '.join(map(repr, missing))}" + (" (or fix those QC left out: "
-                         "results/qc/cohort.tsv)" if lost else ""))
-            raise FoldBalanceError(f"fold {fold}: the {role} slides hold only class "
-                                   f"{' and '.join(repr(c) for c in classes if c not in missing)} ({have}{why}); "
-                                   f"a model cannot be {'trained' if role == 'train' else 'selected'} on one class: "
-                                   f"fix with {' or '.join(fixes)}")
-        thin = [c for c in classes if expected and row[c] < UNBALANCED * expected.get(c, 0.0) * n]
-        if missing or thin:
-            log.warning("fold %d: the %s slides are unbalanced (%s%s)%s", fold, role, have, why,
-                        "; this fold's test AUC is undefined" if role == "test" and missing else "")
+    return table.sort_values(["fold", "slide_id"]).reset_index(drop=True)[FOLD_COLUMNS]
 
 
 def write_folds(samples_path: str | Path, out: str | Path, n_folds: int = 5, seed: int = 0,
@@ -266,7 +200,7 @@ def write_folds(samples_path: str | Path, out: str | Path, n_folds: int = 5, see
     feature stores instead.
     """
     from slidemil.files import atomic_path
-    from slidemil.cohorts.sheet import read_sheet
+    from slidemil.cohorts.sheet import SampleSheetError, read_sheet
 
     samples = read_sheet(samples_path)
     if use_official_split:

@@ -35,18 +35,12 @@ class SampleRow:
     """One slide in the sample sheet."""
 
     slide_id: str
-    path: str  # absolute path of the slide file, as the user named it (see user_path)
+    path: str  # absolute path of the slide file
     label: str
     patient_id: str
     split: str | None = None  # train | val | test
     mpp: float | None = None  # microns per level-0 pixel, when known without opening the slide
     annotation: str | None = None  # absolute path of a lesion annotation (Camelyon16 ASAP XML)
-
-
-def user_path(path: str | os.PathLike) -> str:
-    """The path made absolute but not resolved: a slide reached through symlinks (a link farm, a
-    linked data folder) keeps the name the user gave, not that of the blob the links point at."""
-    return os.path.abspath(path)
 
 
 def write_sheet(rows: Iterable[SampleRow], out: str | os.PathLike) -> Path:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slidemil.cohorts.registry import register_builder
-from slidemil.cohorts.sheet import CohortError, SampleRow, drop_missing, user_path
+from slidemil.cohorts.sheet import CohortError, SampleRow, drop_missing
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def build_tcga(
             rows.append(
                 SampleRow(
                     slide_id=filename.rsplit(".", 1)[0] if "." in filename else filename,
-                    path=user_path(path),
+                    path=str(path.resolve()),
                     label=label,
                     patient_id=barcode.patient_id,
                 )

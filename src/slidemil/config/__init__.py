@@ -12,8 +12,8 @@ from slidemil.config.load import entries, from_block
 from slidemil.config.mil import MilConfig, MilTrain
 from slidemil.config.pretrain import PretrainParams
 from slidemil.config.slides import DemoConfig, ExportConfig, GraphConfig, MaskConfig, TileConfig, TileParams, TissueParams
-from slidemil.config.top import Config, load_config, unknown_key_line, with_defaults
+from slidemil.config.top import Config, load_config, with_defaults
 
 __all__ = ["Config", "DemoConfig", "EmbedConfig", "EncoderSpec", "EvaluateConfig", "ExportConfig", "FrocParams",
            "GraphConfig", "HNMMil", "HNMParams", "MaskConfig", "MilConfig", "MilTrain", "PretrainParams", "TileConfig",
-           "TileParams", "TissueParams", "entries", "from_block", "load_config", "unknown_key_line", "with_defaults"]
+           "TileParams", "TissueParams", "entries", "from_block", "load_config", "with_defaults"]

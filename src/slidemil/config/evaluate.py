@@ -27,7 +27,6 @@ class EvaluateConfig:
     baseline_model: str = "abmil"  # comparisons: every MIL model vs this one; also the claims' model
     compare: list = field(default_factory=list)  # extra pairs {a: encoder/model, b: encoder/model}, a - b
     claim_margin: float = 0.02  # a claim does not hold when the gain's CI upper bound is below this
-    min_slides_per_class: int = 5  # fewer common test slides of a class: no CI, p or verdict ("too few slides")
     png_per_fold: int = 2  # heatmap PNGs per MIL run (every test slide gets GeoJSON)
     froc: FrocParams = field(default_factory=FrocParams)  # lesion FROC of the heatmaps
 

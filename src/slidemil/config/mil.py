@@ -24,4 +24,4 @@ class MilConfig(MilTrain):
 
     models: dict = field(default_factory=dict)  # run name -> its block (or a list of registered names)
     device: str = "auto"  # auto (GPU when present), cuda or cpu
-    cache_mb: int = 2048  # features kept in memory across epochs; the rest is re-read from the stores
+    cache_mb: float = 2048.0  # features kept in memory across epochs; the rest is re-read from the stores

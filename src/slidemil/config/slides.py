@@ -54,7 +54,6 @@ class TileParams:
     strip_tiles: int = 32  # adjacent tiles read (and resampled) per call (bounds memory)
     allow_upsample: bool = False  # permit target_mpp finer than the scan
     copy_jpeg: bool = True  # store a tile that is exactly one source JPEG tile as that JPEG (no re-encode)
-    max_bad_tiles_fraction: float = 0.01  # undecodable tiles are left out (flagged) up to this share; above, the slide fails
 
 
 @dataclass(frozen=True)

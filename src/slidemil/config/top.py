@@ -9,7 +9,7 @@ from typing import Any
 from slidemil.config.encoders import EmbedConfig, EncoderSpec
 from slidemil.config.evaluate import EvaluateConfig
 from slidemil.config.hnm import HNMParams
-from slidemil.config.load import UnknownConfigKey, entries, from_block
+from slidemil.config.load import entries, from_block
 from slidemil.config.mil import MilConfig
 from slidemil.config.pretrain import PretrainParams
 from slidemil.config.slides import DemoConfig, ExportConfig, GraphConfig, MaskConfig, TileConfig
@@ -25,7 +25,6 @@ class Config:
     seed: int = 0  # seed of the folds, the demo slides and random encoder init
     seeds: list = field(default_factory=lambda: [0, 1, 2])  # MIL training seeds
     on_slide_error: str = "skip"  # skip: unreadable slides are flagged failed and left out; fail: stop
-    max_failed_fraction: float = 0.2  # with skip: more failed slides than this share stop the run (qc_cohort)
     demo: DemoConfig = field(default_factory=DemoConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
     tile: TileConfig = field(default_factory=TileConfig)
@@ -50,20 +49,6 @@ def load_config(config: dict[str, Any]) -> Config:
     hnm = {str(n): HNMParams.from_dict(e or {}, f"hnm.{n}") for n, e in (config.get("hnm") or {}).items()}
     return dataclasses.replace(cfg, encoders=encoders, pretrain=entries(PretrainParams, config.get("pretrain"), "pretrain"),
                                hnm=hnm)
-
-
-def unknown_key_line(config: dict[str, Any], files: list[str] = ()) -> str | None:
-    """One line for the first unknown config key (its file, its dotted path, the closest valid key), or None.
-
-    Planning asks this before the schema, whose message for a typo is a dump of the whole block. Any
-    other problem returns None: types and ranges are the schema's to report, next."""
-    try:
-        load_config(config)
-    except UnknownConfigKey as e:
-        return e.one_line(files)
-    except (TypeError, ValueError, AttributeError):
-        return None
-    return None
 
 
 def with_defaults(config: dict[str, Any]) -> dict[str, Any]:

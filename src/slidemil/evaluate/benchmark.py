@@ -24,9 +24,7 @@ Estimators, with the column names that carry them:
   benchmark_runs.csv.
 * comparisons.csv: AUC(A) - AUC(B) (pooled_auc as above) on the test slides that both A and B
   predicted, with a paired stratified bootstrap 95% CI and two-sided p-value (`p_value`), and
-  DeLong's p-value (`p_delong`, binary tasks) beside it. When a class has fewer than
-  evaluate.min_slides_per_class of those slides (`min_class_slides`), the CI and p-values are left
-  blank and `note` says "too few slides".
+  DeLong's p-value (`p_delong`, binary tasks) beside it.
 
 Multiclass tasks (C > 2) use one-vs-rest macro AUC throughout.
 """
@@ -46,7 +44,6 @@ from slidemil.config import EvaluateConfig, from_block
 from slidemil.files import atomic_path
 from slidemil.evaluate.metrics import binary_metrics, label_metrics, predict
 from slidemil.evaluate.stats import auc_ci, delong_test, paired_auc_bootstrap, seed_mean_auc, youden_threshold
-from slidemil.evaluate.claims import too_few_slides
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +52,9 @@ RUN_COLUMNS = ["encoder", "model", "fold", "seed", "n_val", "n_test", "auc", "th
 SUMMARY_COLUMNS = ["encoder", "model", "n_runs", "n_folds", "n_seeds", "n_test_slides", "pooled_auc",
                    "pooled_auc_ci_lo", "pooled_auc_ci_hi", "fold_auc_mean", "fold_auc_sd",
                    "balanced_accuracy", "f1", "sensitivity", "specificity"]
-COMPARISON_COLUMNS = ["a_encoder", "a_model", "b_encoder", "b_model", "source", "n_slides", "min_class_slides",
-                      "n_seeds_a", "n_seeds_b", "auc_a", "auc_b", "auc_diff", "diff_ci_lo", "diff_ci_hi", "p_value",
-                      "p_delong", "note"]
+COMPARISON_COLUMNS = ["a_encoder", "a_model", "b_encoder", "b_model", "source", "n_slides", "n_seeds_a",
+                      "n_seeds_b", "auc_a", "auc_b", "auc_diff", "diff_ci_lo", "diff_ci_hi", "p_value",
+                      "p_delong"]
 Method = tuple[str, str]  # (encoder, model)
 
 _RUN_PATH = re.compile(r"(?:^|/)(?P<encoder>[^/]+)/(?P<model>[^/]+)/fold(?P<fold>\d+)"
@@ -221,10 +218,8 @@ def evaluate_runs(runs: Iterable[Run | dict[str, Any]], classes: Sequence[str], 
     return Evaluation(classes, per_run, pd.DataFrame(summary, columns=SUMMARY_COLUMNS), slides, probs, seeds)
 
 
-def compare(ev: Evaluation, a: Method, b: Method, n_boot: int = 1000, seed: int = 0,
-            min_per_class: int = 0) -> dict[str, Any]:
-    """Paired comparison of methods a and b on the test slides both predicted (a comparisons.csv row).
-    With fewer than `min_per_class` of them in a class: the AUCs, no CI or p-value, and a note saying so."""
+def compare(ev: Evaluation, a: Method, b: Method, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Paired comparison of methods a and b on the test slides both predicted (a comparisons.csv row)."""
     for m in (a, b):
         if m not in ev.slides:
             raise KeyError(f"no predictions for {m[0]}/{m[1]}")
@@ -237,15 +232,11 @@ def compare(ev: Evaluation, a: Method, b: Method, n_boot: int = 1000, seed: int 
     pb = _scores_3d(ev.probs[b][:, sb.index.get_indexer(common)])
     boot = paired_auc_bootstrap(y, pa, pb, n_boot=n_boot, seed=seed)
     p_delong = delong_test(y, pa, pb)["p"] if pa.ndim == 2 else float("nan")
-    counts = dict(zip(ev.classes, np.bincount(y.astype(int), minlength=len(ev.classes)).tolist()))
-    note = too_few_slides(counts, min_per_class)
-    nan = float("nan")
     return {"a_encoder": a[0], "a_model": a[1], "b_encoder": b[0], "b_model": b[1], "n_slides": len(common),
-            "min_class_slides": min(counts.values()) if counts else 0,
             "n_seeds_a": len(ev.seeds[a]), "n_seeds_b": len(ev.seeds[b]),
             "auc_a": boot["auc_a"], "auc_b": boot["auc_b"], "auc_diff": boot["diff"],
-            "diff_ci_lo": nan if note else boot["ci_lo"], "diff_ci_hi": nan if note else boot["ci_hi"],
-            "p_value": nan if note else boot["p"], "p_delong": nan if note else p_delong, "note": note}
+            "diff_ci_lo": boot["ci_lo"], "diff_ci_hi": boot["ci_hi"], "p_value": boot["p"],
+            "p_delong": p_delong}
 
 
 def _scores_3d(probs: np.ndarray) -> np.ndarray:
@@ -289,9 +280,9 @@ def comparison_pairs(methods: Iterable[Method], baseline_encoder: str, baseline_
 
 
 def comparisons_table(ev: Evaluation, pairs: Sequence[tuple[Method, Method, str]], n_boot: int = 1000,
-                      seed: int = 0, min_per_class: int = 0) -> pd.DataFrame:
+                      seed: int = 0) -> pd.DataFrame:
     """One comparisons.csv row per pair (COMPARISON_COLUMNS)."""
-    rows = [{**compare(ev, a, b, n_boot, seed, min_per_class), "source": src} for a, b, src in pairs]
+    rows = [{**compare(ev, a, b, n_boot, seed), "source": src} for a, b, src in pairs]
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
 
 
@@ -389,12 +380,11 @@ def write_evaluation(runs: Iterable[Run | dict[str, Any]], classes: Sequence[str
     base_enc, base_mod = resolve_baselines(ev.slides, cfg, [e["name"] for e in encoders])
     if out.get("comparisons"):
         pairs = comparison_pairs(ev.slides, base_enc, base_mod, cfg.compare)
-        write_csv(comparisons_table(ev, pairs, n_boot, seed, cfg.min_slides_per_class), out["comparisons"])
+        write_csv(comparisons_table(ev, pairs, n_boot, seed), out["comparisons"])
     if out.get("claims"):
         ctx = ClaimContext(encoders=list(encoders), methods=set(ev.slides), baseline_encoder=base_enc,
                            baseline_model=cfg.baseline_model, margin=cfg.claim_margin,
-                           compare=lambda a, b: compare(ev, a, b, n_boot, seed, cfg.min_slides_per_class),
-                           models=normalise_models(models) or {m: {} for _, m in ev.slides},
-                           min_per_class=cfg.min_slides_per_class)
+                           compare=lambda a, b: compare(ev, a, b, n_boot, seed),
+                           models=normalise_models(models) or {m: {} for _, m in ev.slides})
         write_csv(claims_table(ctx), out["claims"])
     return ev

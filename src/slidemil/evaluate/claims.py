@@ -11,10 +11,7 @@ slidemil.evaluate.benchmark.compare) and gives each a verdict:
   points): the data rule out a gain as large as the margin (B better, or A better by less than
   the smallest gain worth claiming). With margin 0 this is "B significantly better";
 * inconclusive: neither, i.e. the CI contains 0 and reaches the margin: more slides needed;
-* not run: the methods are not in this benchmark (the note says what is missing);
-* too few slides: a class has fewer common test slides than config evaluate.min_slides_per_class;
-  no CI or p-value is given (a bootstrap over 3 + 3 slides gave CI [0, 0], p = 1, read as "does not
-  hold"). Checked first: it says nothing either way about the claim.
+* not run: the methods are not in this benchmark (the note says what is missing).
 
 A claim tested by several comparisons (e.g. one per SSL objective) gets one row each, with no
 multiplicity correction: read it as "holds in k of n comparisons".
@@ -56,11 +53,9 @@ from slidemil.plan import registered
 
 Method = tuple[str, str]  # (encoder, model)
 PRETRAIN_KEYS = ("objective", "sampler", "backbone")  # the pretrain entry's keys the claims read
-ENCODER_KEYS = ("name", "arch", "objective", "sampler", "hnm_round", "hnm_base")  # an encoders entry's keys they read
 CLAIM_COLUMNS = ["claim", "paper", "statement", "comparison", "a_encoder", "a_model", "b_encoder", "b_model",
-                 "n_slides", "min_class_slides", "auc_a", "auc_b", "auc_diff", "diff_ci_lo", "diff_ci_hi", "p_value",
-                 "verdict", "note"]
-TOO_FEW = "too few slides"
+                 "n_slides", "auc_a", "auc_b", "auc_diff", "diff_ci_lo", "diff_ci_hi", "p_value", "verdict",
+                 "note"]
 
 
 @dataclass
@@ -74,7 +69,6 @@ class ClaimContext:
     margin: float = 0.02
     compare: Callable[[Method, Method], dict[str, Any]] | None = None
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # config mil.models, normalised
-    min_per_class: int = 0  # config evaluate.min_slides_per_class: fewer test slides of a class say TOO_FEW
 
     def model_runs(self, registered: str) -> dict[str, dict[str, Any]]:
         """MIL runs (name -> parameters) of the registered model `registered`."""
@@ -122,12 +116,8 @@ def claim(name: str, paper: str, statement: str) -> Callable[[Callable[[ClaimCon
     return register
 
 
-def verdict(ci_lo: float, ci_hi: float, margin: float, min_class_slides: int | None = None,
-            min_per_class: int = 0) -> str:
-    """holds / does not hold / inconclusive from the CI of AUC(A) - AUC(B), or too few slides when the
-    smallest class has fewer than `min_per_class` common test slides (module docstring)."""
-    if min_class_slides is not None and min_class_slides < min_per_class:
-        return TOO_FEW
+def verdict(ci_lo: float, ci_hi: float, margin: float) -> str:
+    """holds / does not hold / inconclusive from the CI of AUC(A) - AUC(B) (module docstring)."""
     if not (math.isfinite(ci_lo) and math.isfinite(ci_hi)):
         return "inconclusive"
     if ci_lo > 0:
@@ -135,15 +125,6 @@ def verdict(ci_lo: float, ci_hi: float, margin: float, min_class_slides: int | N
     if ci_hi < margin:
         return "does not hold"
     return "inconclusive"
-
-
-def too_few_slides(counts: dict[str, int], min_per_class: int) -> str:
-    """The note of a comparison whose smallest class has fewer than `min_per_class` test slides, or ""."""
-    if not counts or min(counts.values()) >= min_per_class:
-        return ""
-    have = ", ".join(f"{n} {c}" for c, n in counts.items())
-    return (f"{TOO_FEW}: {have} common test slides, fewer than evaluate.min_slides_per_class ({min_per_class}) "
-            "of a class: no CI or p-value")
 
 
 def _same_arch(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -224,13 +205,6 @@ def srmil_beats_plain(ctx: ClaimContext) -> Plan:
                 "(e.g. srmil: {} and srmil_plain: {model: srmil, w_gen: 0})")
 
 
-def claims_config(encoders: list[dict[str, Any]], pretrain: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """What the claims read of config `encoders` and `pretrain` (the evaluate job's params): a key they do
-    not read (an encoder's `workers`, a pretraining's `gpus`) must not rerun the benchmark."""
-    return ([{k: e[k] for k in ENCODER_KEYS if k in e} for e in encoders],
-            {name: {k: p[k] for k in PRETRAIN_KEYS if k in p} for name, p in pretrain.items()})
-
-
 def encoder_metadata(encoders: list[dict[str, Any]] | None, pretrain: dict[str, Any] | None) -> list[dict[str, Any]]:
     """Config `encoders` entries, then one entry per `pretrain` entry: {name, arch (= backbone),
     objective, sampler, ...its other keys (e.g. hnm_round, hnm_base)}, defaults filled in."""
@@ -276,11 +250,10 @@ def claims_table(ctx: ClaimContext, names: list[str] | None = None) -> pd.DataFr
                 rows.append({**_row(c, test, note), "verdict": "not run"})
                 continue
             r = ctx.compare(test.a, test.b)
-            stats = {k: r.get(k) for k in ("n_slides", "min_class_slides", "auc_a", "auc_b", "auc_diff", "diff_ci_lo",
-                                           "diff_ci_hi", "p_value")}
-            v = verdict(r["diff_ci_lo"], r["diff_ci_hi"], ctx.margin, r.get("min_class_slides"), ctx.min_per_class)
-            note = plan.note or (r.get("note") if v == TOO_FEW else "") or (
-                "" if v != "inconclusive" or math.isfinite(r["diff_ci_lo"])
-                else "CI undefined (one class among the common test slides)")
+            stats = {k: r[k] for k in ("n_slides", "auc_a", "auc_b", "auc_diff", "diff_ci_lo", "diff_ci_hi",
+                                       "p_value")}
+            v = verdict(r["diff_ci_lo"], r["diff_ci_hi"], ctx.margin)
+            note = plan.note or ("" if v != "inconclusive" or math.isfinite(r["diff_ci_lo"])
+                                 else "CI undefined (one class among the common test slides)")
             rows.append({**_row(c, test, note), **stats, "verdict": v})
     return pd.DataFrame(rows, columns=CLAIM_COLUMNS)

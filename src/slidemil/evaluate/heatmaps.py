@@ -35,95 +35,38 @@ def score_ranks(scores: np.ndarray) -> np.ndarray:
     return np.argsort(np.argsort(scores)) / max(len(scores) - 1, 1)
 
 
-SCALE_BAR_UM = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000)  # round lengths a scale bar may take
-OUTLINE_COLOURS = {"tumour": "black", "mimic": "magenta"}  # annotation class -> outline colour (heatmap PNG)
-QUPATH_COLOURS = {"tumour": [200, 0, 0], "mimic": [200, 0, 200], "exclusion": [80, 80, 80]}  # RGB in QuPath
-
-
-def scale_bar_um(width_um: float) -> float:
-    """The longest round length (SCALE_BAR_UM) within a quarter of the picture's width, in microns."""
-    fits = [u for u in SCALE_BAR_UM if u <= width_um / 4]
-    return float(fits[-1] if fits else SCALE_BAR_UM[0])
-
-
-def closed(ring: np.ndarray) -> np.ndarray:
-    """A polygon's vertices [K, 2] with the first repeated at the end (drawn and written as a closed ring)."""
-    ring = np.asarray(ring, float)
-    return ring if len(ring) and np.array_equal(ring[0], ring[-1]) else np.vstack([ring, ring[:1]])
-
-
 def draw_heatmap(thumb: np.ndarray, downsample: float, coords: np.ndarray, tile_size0: float,
-                 scores: np.ndarray, title: str, out_png: str | Path, mpp: float,
-                 outlines: dict[str, Sequence[np.ndarray]] | None = None, long_side_px: int = 1200) -> None:
-    """Tile scores in [0, 1] over the thumbnail on a fixed 0-1 colour scale, with its colour bar.
-
-    A fixed scale, not the rank within the slide: a slide the model calls normal stays cold, so the
-    pictures of a tumour and of a normal slide compare. Tiles are semi-transparent over the tissue;
-    `outlines` (annotation class -> level-0 polygons) are drawn closed; the scale bar's length comes
-    from `mpp` (level-0 microns per pixel). The PNG is `long_side_px` on its longer side.
-    """
+                 scores: np.ndarray, title: str, out_png: str | Path,
+                 lesions: Sequence[np.ndarray] = ()) -> None:
+    """Scores (rank-normalised within the slide) as coloured tiles over the thumbnail."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.cm import ScalarMappable
     from matplotlib.collections import PatchCollection
-    from matplotlib.colors import Normalize
     from matplotlib.patches import Rectangle
 
-    dpi, h, w = 100, thumb.shape[0], thumb.shape[1]
-    long_in = long_side_px / dpi
-    fig = plt.figure(figsize=(long_in, long_in * h / w) if w >= h else (long_in * w / h, long_in), dpi=dpi)
-    ax = fig.add_axes((0.02, 0.04, 0.86, 0.90))
+    fig, ax = plt.subplots(figsize=(7, 7 * thumb.shape[0] / thumb.shape[1] + 0.6))
     ax.imshow(thumb)
-    norm, cmap = Normalize(0.0, 1.0), plt.get_cmap("turbo")
     if len(scores):
         side = tile_size0 / downsample
         boxes = [Rectangle((x / downsample, y / downsample), side, side) for x, y in coords]
-        pc = PatchCollection(boxes, cmap=cmap, norm=norm, alpha=0.45, linewidth=0)  # the tissue shows through
-        pc.set_array(np.clip(np.asarray(scores, float), 0, 1))
+        pc = PatchCollection(boxes, cmap="turbo", alpha=0.5, linewidth=0)  # high = red, stands out
+        pc.set_array(score_ranks(scores))
         ax.add_collection(pc)
-    bar = fig.add_axes((0.90, 0.15, 0.025, 0.70))
-    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=bar, label="tumour score (fixed scale)")
-    for name, polys in (outlines or {}).items():
-        for poly in polys:
-            ring = closed(poly) / downsample
-            ax.plot(ring[:, 0], ring[:, 1], color=OUTLINE_COLOURS.get(name, "black"), linewidth=1.5)
-    um_per_px = mpp * downsample
-    length_um = scale_bar_um(w * um_per_px)
-    x0, y0 = w * 0.03, h * 0.96
-    ax.add_patch(Rectangle((x0, y0 - h * 0.012), length_um / um_per_px, h * 0.012, color="black"))
-    ax.text(x0, y0 - h * 0.02, f"{length_um:g} µm" if length_um < 1000 else f"{length_um / 1000:g} mm",
-            fontsize=9, va="bottom")
-    ax.set_xlim(0, w)
-    ax.set_ylim(h, 0)
-    ax.set_title(title, fontsize=10)
+        fig.colorbar(pc, ax=ax, fraction=0.03, label="score rank within slide")
+    for poly in lesions:
+        ax.plot(poly[:, 0] / downsample, poly[:, 1] / downsample, color="black", linewidth=1.5)
+    ax.set_title(title, fontsize=9)
     ax.axis("off")
+    fig.tight_layout()
     with atomic_path(Path(out_png)) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
+        fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
 
 
-def annotation_features(outlines: dict[str, Sequence[np.ndarray]],
-                        holes: Sequence[np.ndarray] = ()) -> list[dict]:
-    """Annotation outlines as QuPath annotations (objectType annotation) classified by their class
-    name (tumour, mimic); `holes` (regions excluded from a lesion) are classified "exclusion"."""
-    def ring(poly: np.ndarray) -> list[list[float]]:
-        return [[float(f"{x:.6g}"), float(f"{y:.6g}")] for x, y in closed(poly)]
-
-    items = [(name, poly) for name, polys in outlines.items() for poly in polys]
-    items += [("exclusion", poly) for poly in holes]
-    return [{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring(poly)]},
-             "properties": {"objectType": "annotation", "isLocked": True,
-                            "classification": {"name": name, "color": QUPATH_COLOURS.get(name, [0, 0, 0])}}}
-            for name, poly in items if len(poly) >= 3]
-
-
-def tile_geojson(coords: np.ndarray, tile_size0: float, measurements: dict[str, np.ndarray],
-                 outlines: dict[str, Sequence[np.ndarray]] | None = None,
-                 holes: Sequence[np.ndarray] = ()) -> dict:
-    """Tiles as a GeoJSON FeatureCollection of QuPath detections with measurements, and the slide's
-    annotation outlines as QuPath annotations with their classification (annotation_features).
+def tile_geojson(coords: np.ndarray, tile_size0: float, measurements: dict[str, np.ndarray]) -> dict:
+    """Tiles as a GeoJSON FeatureCollection of QuPath detections with measurements.
 
     coords: int [N, 2] level-0 (x, y) top-left corners; measurements: name -> [N] values. Each tile
     is a square Polygon in level-0 pixels (QuPath's image coordinates: origin top-left, y down);
@@ -136,7 +79,7 @@ def tile_geojson(coords: np.ndarray, tile_size0: float, measurements: dict[str, 
     s = float(tile_size0)
     names = list(measurements)
     values = np.column_stack([np.asarray(measurements[k], float) for k in names] or [np.empty((len(coords), 0))])
-    features = annotation_features(outlines or {}, holes)
+    features = []
     for (x, y), row in zip(np.asarray(coords, float), values):
         ring = [[num(px), num(py)] for px, py in ((x, y), (x + s, y), (x + s, y + s), (x, y + s), (x, y))]
         features.append({
@@ -219,33 +162,17 @@ def _slide_geometry(attrs: dict, coords: np.ndarray, tile0: float) -> tuple[int,
     return int(attrs.get("width") or far[0]), int(attrs.get("height") or far[1]), float(mpp)
 
 
-def slide_outlines(sid: str, tumour: dict[str, str], mimic: dict[str, str]
-                   ) -> tuple[dict[str, list[np.ndarray]], list[np.ndarray]]:
-    """({"tumour": polygons, "mimic": polygons}, holes) of a slide's annotation files that exist."""
-    outlines: dict[str, list[np.ndarray]] = {}
-    holes: list[np.ndarray] = []
-    for name, table in (("tumour", tumour), ("mimic", mimic)):
-        path = table.get(sid)
-        if path and Path(path).exists():
-            outlines[name], excluded = load_polygons(path)
-            holes += excluded
-    return outlines, holes
-
-
 def heatmaps_for_model(run_dirs: Sequence[str | Path], features_dir: str | Path, samples: pd.DataFrame,
                        annotations: dict[str, str], out_dir: str | Path, png_per_fold: int = 2,
-                       froc: FrocParams = FrocParams(), title: str | None = None,
-                       mimics: dict[str, str] | None = None) -> pd.DataFrame:
+                       froc: FrocParams = FrocParams(), title: str | None = None) -> pd.DataFrame:
     """Evidence of one (encoder, model) over the test slides of its runs, written under out_dir:
 
     - instance_metrics.csv: slide_id, fold, seed, label, prob, n_tiles, n_tumour_tiles, instance_auc
       (nan without annotation or without both tile classes); returned.
     - geojson/{slide}.geojson for every test slide: tiles as QuPath detections with measurements
       attention (the raw instance score), attention_rank (0-1 within the slide), score (the FROC
-      confidence: slide probability x min-max scaled attention) and, where annotated, tumour (0/1);
-      the slide's tumour (`annotations`) and mimic (`mimics`) outlines as classified annotations.
-    - png/{slide}.png for up to `png_per_fold` test slides per run (slidemil.evaluate.heatmaps.pick_slides):
-      the score on a fixed 0-1 scale over the slide, with the outlines.
+      confidence: slide probability x min-max scaled attention) and, where annotated, tumour (0/1).
+    - png/{slide}.png for up to `png_per_fold` test slides per run (slidemil.evaluate.heatmaps.pick_slides).
     - froc.csv (one row: slidemil.evaluate.froc.froc_summary + the slides left out and the FROC params) and
       froc_curve.csv (threshold, fps_per_slide, sensitivity).
     - training_curves.png of the runs.
@@ -293,8 +220,7 @@ def heatmaps_for_model(run_dirs: Sequence[str | Path], features_dir: str | Path,
             meas = {"attention": s, "attention_rank": score_ranks(s), "score": confidence}
             if labels is not None:
                 meas["tumour"] = labels
-            outlines, holes = slide_outlines(sid, annotations, mimics or {})
-            write_json(tile_geojson(feats.coords, tile0, meas, outlines, holes), geo_dir / f"{sid}.geojson")
+            write_json(tile_geojson(feats.coords, tile0, meas), geo_dir / f"{sid}.geojson")
             if binary and (ann or label == negative):
                 mask = None
                 if ann:
@@ -308,8 +234,8 @@ def heatmaps_for_model(run_dirs: Sequence[str | Path], features_dir: str | Path,
                 thumb, ds = read_thumbnail(open_slide(samples.at[sid, "path"]), 1024)
                 title_ = (f"{sid} ({label}), fold {fold}: p={prob:.2f}"
                           + (f", instance AUC {inst_auc:.2f}" if inst_auc == inst_auc else ""))
-                draw_heatmap(thumb, ds, feats.coords, tile0, confidence, title_, png_dir / f"{sid}.png",
-                             _slide_geometry(tiles_attrs, feats.coords, tile0)[2], outlines)
+                draw_heatmap(thumb, ds, feats.coords, tile0, s, title_, png_dir / f"{sid}.png",
+                             load_polygons(ann)[0] if ann else [])
     table = pd.DataFrame(rows, columns=["slide_id", "fold", "seed", "label", "prob", "n_tiles",
                                         "n_tumour_tiles", "instance_auc"])
     with atomic_path(out_dir / "instance_metrics.csv") as tmp:

@@ -17,9 +17,8 @@ def heatmaps_job(run_dirs: list[str], features_dir: str | Path, samples: str | P
     from slidemil.evaluate.heatmaps import heatmaps_for_model
 
     sheet = read_sheet(samples).set_index("slide_id", drop=False)
-    outlines = read_annotation_table(annotations)
-    table = heatmaps_for_model(run_dirs, features_dir, sheet, outlines["tumour"], out_dir, png_per_fold=png_per_fold,
-                               froc=froc, title=title, mimics=outlines["mimic"])
+    table = heatmaps_for_model(run_dirs, features_dir, sheet, read_annotation_table(annotations)["tumour"], out_dir,
+                               png_per_fold=png_per_fold, froc=froc, title=title)
     if table["instance_auc"].notna().any():
         log.info("instance AUC (annotated test slides): mean %.3f over %d slides", table["instance_auc"].mean(),
                  table["instance_auc"].notna().sum())
@@ -36,17 +35,3 @@ def probe_job(encoder: str, features_dir: str, folds: str | Path, samples: str |
     write_probe_row(row, out)
     log.info("probe %s: tile AUC %.3f [%.3f, %.3f], tumour vs mimic %.3f", encoder, row["tile_auc"],
              row["tile_auc_ci_lo"], row["tile_auc_ci_hi"], row["tile_auc_vs_mimic"])
-
-
-def front_page_job(samples: str | Path, qc: str | Path, folds: str | Path, predictions: list[str],
-                   benchmark: str | Path, comparisons: str | Path, claims: str | Path, froc: list[str],
-                   show_claims: bool, cohort_out: str | Path, page_out: str | Path) -> None:
-    """results/cohort.csv and the report's front page (slidemil.evaluate.front_page)."""
-    from slidemil.cohorts.sheet import read_sheet
-    from slidemil.evaluate.front_page import write_front_page
-
-    cohort = write_front_page(read_sheet(samples), qc, folds, predictions, benchmark, comparisons, claims, froc,
-                              show_claims, cohort_out, page_out)
-    not_ok = cohort[cohort["qc"] != "ok"]
-    log.info("front page: %d slides, %d not ok%s", len(cohort), len(not_ok),
-             (": " + ", ".join(not_ok["slide_id"][:10])) if len(not_ok) else "")

@@ -110,15 +110,8 @@ def fold_bags(features_dir: str | Path, fold_table_csv: str | Path, samples_tsv:
     a slide of another role is never opened), labelled from samples_tsv (column `label`; index in
     `classes`), their bags streamed from `<features_dir>/<slide_id>.zarr` (+ `<graphs_dir>/<slide_id>.npz`,
     the neighbour graph, when given). An empty store (failed preprocessing, no tissue) is skipped
-    with a warning: a zero-instance bag never reaches MIL.
-
-    Folds are made on the whole sheet before QC, so the slides left here are checked again
-    (cohorts.folds.check_fold_balance): a warning per unbalanced role, a FoldBalanceError naming the
-    fold, role, counts and fix when the training slides miss a class or the validation slides hold one."""
-    from slidemil.cohorts.folds import check_fold_balance, role_class_counts
-
+    with a warning: a zero-instance bag never reaches MIL."""
     table = pd.read_csv(fold_table_csv, dtype={"slide_id": str, "role": str})
-    n_folds = table["fold"].nunique()
     table = table[(table["fold"].astype(int) == int(fold)) & table["role"].isin(roles)]
     if table.empty:
         raise ValueError(f"fold {fold} not found in {fold_table_csv}")
@@ -143,13 +136,7 @@ def fold_bags(features_dir: str | Path, fold_table_csv: str | Path, samples_tsv:
                 log.warning("slide %s skipped: no tissue tiles (empty feature store)", sid)
             continue
         labels[sid], kept[sid] = class_index[label], role
-    skipped = sorted(set(table["slide_id"]) - set(kept))
-    names = {sid: classes[i] for sid, i in labels.items()}
-    counts = role_class_counts(pd.DataFrame({"slide_id": list(kept), "role": list(kept.values())}), names, classes)
-    shares = samples["label"].value_counts(normalize=True).to_dict()  # the sheet's, before QC
-    left_out = pd.Series([str(samples.at[s, "label"]) for s in skipped], dtype=str).value_counts().to_dict()
-    check_fold_balance(counts, int(fold), n_folds, expected=shares, left_out=left_out)
-    return FoldBags(store, labels, kept, skipped)
+    return FoldBags(store, labels, kept, sorted(set(table["slide_id"]) - set(kept)))
 
 
 def host_features(b: np.ndarray | SlideBag) -> np.ndarray:

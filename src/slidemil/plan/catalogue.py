@@ -11,24 +11,12 @@ encoders it is trained on) and each run's typed params.
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from slidemil.config import Config, EncoderSpec, HNMParams, PretrainParams, load_config
 from slidemil.mil.params import MilRun, mil_grid, mil_runs
 from slidemil.plan import registered
-
-
-# How a job runs, not what it writes: kept out of the rules' params, which rerun a job when they change
-# (tests/test_rerun_matrix.py); the jobs get them apart (resources `workers` and `gpu`).
-RUN_ONLY_KEYS = ("workers", "gpus")
-
-
-def without_run_keys(entry: dict) -> dict:
-    """A config entry's fields that shape what its jobs write: every one but RUN_ONLY_KEYS."""
-    return {k: v for k, v in entry.items() if k not in RUN_ONLY_KEYS}
 
 
 def encoder_weights(name: str, scope: str) -> str:
@@ -93,26 +81,9 @@ class Catalogue:
     def all_encoders(self) -> list[str]:
         return [*self.encoders, *self.fold_encoders]
 
-    def uses_labels(self, pretrain: str) -> bool:
-        """Whether an entry's objective reads slide labels (only then does its job read the sheet's labels)."""
-        return bool(registered.objectives()[self.pretrain[pretrain].objective].attrs.get("uses_labels"))
-
     def needs_graphs(self, pretrain: str) -> bool:
         """Whether an entry's pair sampler reads the neighbour graphs."""
         return bool(registered.samplers()[self.pretrain[pretrain].sampler].attrs.get("needs_graph"))
-
-    def mil_needs_graphs(self, run: str) -> bool:
-        """Whether MIL run `run`'s model reads the neighbour graphs (SRMIL): only those runs take them."""
-        return bool(registered.mil_models()[self.mil_runs[run].model].attrs.get("needs_graph"))
-
-    def mil_modules(self, run: str) -> tuple[str, ...]:
-        """The registered module MIL run `run` trains (its code version covers no other model's file)."""
-        return (registered.mil_models()[self.mil_runs[run].model].module,)
-
-    def pretrain_modules(self, pretrain: str) -> tuple[str, ...]:
-        """The registered modules of an entry's objective and pair sampler."""
-        p = self.pretrain[pretrain]
-        return registered.objectives()[p.objective].module, registered.samplers()[p.sampler].module
 
     def hnm_base(self, run: str, fold: int | str) -> EncoderSpec:
         """A run's round-0 encoder in fold `fold`."""
@@ -126,16 +97,6 @@ class Catalogue:
             return dataclasses.replace(self.hnm_base(self.hnm_rounds[name][0], fold), name=name,
                                        weights=encoder_weights(name, f"fold{fold}"))
         return pretrained_encoder(name, self.pretrain[name], f"fold{fold}")
-
-    def weights_files(self) -> list[tuple[str, str]]:
-        """(config key, path) of every weights file the config names that no rule writes: the `encoders`
-        entries' (every one, mining bases named) and the enabled `pretrain` entries' initial weights."""
-        produced = {os.path.normpath(encoder_weights(n, s)) for n, scopes in self.pretrain_scopes.items() for s in scopes}
-        bases = {p.base: run for run, p in self.hnm.items()}
-        files = [(f"encoders[{i}].weights" + (f" (the base of hnm.{bases[e.name]})" if e.name in bases else ""), e.weights)
-                 for i, e in enumerate(self.config.encoders) if e.weights]
-        files += [(f"pretrain.{n}.weights", p.weights) for n, p in self.pretrain.items() if p.weights]
-        return [(key, path) for key, path in files if os.path.normpath(path) not in produced]
 
     def hnm_metadata(self) -> list[dict[str, Any]]:
         """Claims metadata (slidemil.evaluate.claims) of every round encoder: hnm_round t and its hnm_base."""
@@ -165,14 +126,3 @@ def build_catalogue(config: dict[str, Any]) -> Catalogue:
     fold_encoders += list(rounds)
     return Catalogue(cfg, n_folds, list(cfg.seeds), encoders, pretrain, scopes, fold_encoders, hnm, rounds,
                      mil_grid(cfg.mil, [*encoders, *fold_encoders]), mil_runs(cfg.mil, len(cfg.classes)))
-
-
-def check_weights(catalogue: Catalogue, workdir: Path) -> None:
-    """Every weights file of the config exists (relative paths from `workdir`, as Snakemake reads inputs):
-    else one ValueError naming each missing file's config key, before any job. A missing file would
-    otherwise only stop the first encoder's jobs, or, after a finished run, leave its features stale."""
-    missing = [f"{key} = {path!r}" for key, path in catalogue.weights_files() if not (workdir / path).is_file()]
-    if missing:
-        raise ValueError(f"config: weights file(s) not found (relative to {workdir}): {'; '.join(missing)}. Compute "
-                         "nodes are offline: download each checkpoint beforehand and set its path, or null for a "
-                         "seeded random init")

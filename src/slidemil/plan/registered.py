@@ -44,13 +44,11 @@ class NotLiteral:
 
 @dataclass(frozen=True)
 class Registered:
-    """A registered class: its name, literal class attributes, constructor parameters -> defaults, and the
-    package-relative path of its module ("mil/models/abmil.py": a job's code version names it)."""
+    """A registered class: its name, literal class attributes and constructor parameters -> defaults."""
 
     name: str
     attrs: dict[str, object]
     params: dict[str, object]
-    module: str
 
 
 @dataclass(frozen=True)
@@ -70,7 +68,7 @@ def _literal(node: ast.expr) -> object:
 @functools.cache
 def _module_names(path: Path, stamp: tuple[int, int]) -> dict[str, _Class | Path]:
     """Top-level names of a module: its classes, and names imported from other package modules (their file)."""
-    tree = _parse(path)
+    _, tree, _ = _parse(path)
     module = _dotted_name(PACKAGE_DIR, path)
     names: dict[str, _Class | Path] = {}
     for node in tree.body:
@@ -153,7 +151,7 @@ def _registered_as_of(decorator: str, stamps: tuple[tuple[Path, int, int], ...])
                 if name in where and where[name] != origin:
                     raise duplicate_error(KINDS[decorator], name, where[name], origin)
                 where[name] = origin
-                found[name] = Registered(name, _attrs(cls), _params(cls), path.relative_to(PACKAGE_DIR).as_posix())
+                found[name] = Registered(name, _attrs(cls), _params(cls))
     return found
 
 
@@ -170,9 +168,3 @@ def samplers() -> dict[str, Registered]:
 def mil_models() -> dict[str, Registered]:
     """slidemil.mil.models.MIL_MODELS as declared."""
     return _registered("register_mil")
-
-
-def modules() -> frozenset[str]:
-    """The package-relative paths of every module holding a registered class (slidemil.plan.codeversion's
-    `excluded`: a job's version covers the registered modules it uses, not its registry's others)."""
-    return frozenset(r.module for decorator in KINDS for r in _registered(decorator).values())

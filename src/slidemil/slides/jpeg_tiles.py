@@ -87,31 +87,6 @@ class TiledJpegLevel:
                              "the file may be truncated or corrupt: re-copy it or remove it from samples.tsv")
         return self.header + data[2:]  # the tile's own SOI is in the header
 
-    def checked_jpeg(self, tx: int, ty: int) -> bytes | None:
-        """`jpeg(tx, ty)`, decoded once at 1/8 scale to prove it decodes: a copied tile is otherwise never
-        decoded, and bit rot inside its entropy-coded data (frame intact) would land in the store. The
-        1/8 decode does the Huffman decoding, where corrupt data shows, but little IDCT: 0.38 ms a 240 px
-        Aperio tile against 1.26 ms for a full decode (simplejpeg, one core)."""
-        data = self.jpeg(tx, ty)
-        if data is None:
-            return None
-        h, w = max(1, self.tile_h // 8), max(1, self.tile_w // 8)
-        try:
-            if _simplejpeg is not None:
-                _simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=h, min_width=w)
-            else:
-                import io
-
-                from PIL import Image
-
-                with Image.open(io.BytesIO(data)) as im:
-                    im.draft("RGB", (w, h))
-                    im.load()
-        except Exception as e:  # simplejpeg's ValueError (strict: warnings too), Pillow's OSError
-            raise SlideError(f"{self.path}: cannot decode tile ({tx}, {ty}) of level {self.level} ({e}); the "
-                             "file may be corrupt: re-copy it or remove it from samples.tsv") from None
-        return data
-
     def decode(self, tx: int, ty: int, denom: int = 1) -> np.ndarray:
         """Tile (tx, ty) as uint8 [tile_h / denom, tile_w / denom, 3]; a missing tile reads white.
 

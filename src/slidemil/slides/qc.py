@@ -39,13 +39,9 @@ def slide_row(tiles_store: str | Path, mask_json: str | Path) -> dict:
         flags.append("pen_ink")
     if meta.get("blur_fraction", 0.0) > 0:
         flags.append("blur_excluded")
-    bad = int(attrs.get("bad_tiles") or 0)
-    if bad:
-        flags.append("bad_tiles")
     return {
         "slide_id": attrs.get("slide_id") or meta.get("slide_id") or Path(tiles_store).stem,
         "status": status, "reason": reason, "n_tiles": int(attrs.get("n_tiles", 0)),
-        "bad_tiles": bad, "bad_tile_positions": bad_positions(attrs.get("bad_tile_coords") or [], bad),
         "tissue_area_mm2": round(meta.get("tissue_area_mm2", 0.0), 4),
         "tissue_fraction": round(meta.get("tissue_fraction", 0.0), 4),
         "ink_fraction": round(meta.get("ink_fraction", 0.0), 4), "blur_fraction": round(meta.get("blur_fraction", 0.0), 4),
@@ -55,15 +51,6 @@ def slide_row(tiles_store: str | Path, mask_json: str | Path) -> dict:
         "height": attrs.get("height"), "flags": ",".join(flags),
         "source_path": attrs.get("source_path") or meta.get("source_path"),
     }
-
-
-BAD_POSITIONS_SHOWN = 10  # left-out tiles listed per QC row (the store's attrs keep up to 1000)
-
-
-def bad_positions(coords: list, n_bad: int) -> str:
-    """Level-0 (x, y) of the tiles left out for undecodable source data: "x,y;x,y" and "(+k more)"."""
-    shown = ";".join(f"{int(x)},{int(y)}" for x, y in coords[:BAD_POSITIONS_SHOWN])
-    return shown + (f" (+{n_bad - BAD_POSITIONS_SHOWN} more)" if n_bad > BAD_POSITIONS_SHOWN else "")
 
 
 def cohort_table(tiles: list[str], masks: list[str]) -> pd.DataFrame:
@@ -108,14 +95,10 @@ def cohort_plot(table: pd.DataFrame, out_png: str | Path) -> None:
     plt.close(fig)
 
 
-def write_cohort_qc(tiles: list[str], masks: list[str], out_tsv: str | Path, out_png: str | Path | None = None,
-                    max_failed_fraction: float = 1.0, on_error: str = "skip") -> pd.DataFrame:
-    """The cohort QC stage: table (and plot) written, one log line per slide skipped or flagged; then, with
-    on_error 'skip', the run's gate: more than `max_failed_fraction` of the slides failed raises
-    SlideFailure after logging the summary (slidemil.slides.summary), so nothing trains on what is left."""
+def write_cohort_qc(tiles: list[str], masks: list[str], out_tsv: str | Path, out_png: str | Path | None = None
+                    ) -> pd.DataFrame:
+    """The cohort QC stage: table (and plot) written, one log line per slide skipped or flagged."""
     import logging
-
-    from slidemil.slides.summary import check_failed_fraction
 
     log = logging.getLogger("slidemil")
     table = cohort_table(tiles, masks)
@@ -131,5 +114,4 @@ def write_cohort_qc(tiles: list[str], masks: list[str], out_tsv: str | Path, out
     counts = table["status"].value_counts()
     log.info("%d slides (%d ok, %d empty, %d failed), %d tiles, %d flagged", len(table), counts.get("ok", 0),
              counts.get("empty", 0), counts.get("failed", 0), table["n_tiles"].sum(), (table["flags"] != "").sum())
-    check_failed_fraction(table, out_tsv, max_failed_fraction, on_error)
     return table

@@ -29,7 +29,6 @@ import zarr
 
 from slidemil import __version__
 from slidemil.config import TileParams
-from slidemil.slides.errors import SlideError
 from slidemil.slides.jpeg_tiles import TiledJpegLevel, open_tiled_jpeg_level
 from slidemil.slides.slide import MPP_TOLERANCE, ReadPlan, open_slide, plan_read, rgba_to_rgb, slide_mpp
 from slidemil.slides.vips import VipsSlide
@@ -109,48 +108,16 @@ class _Regions:
 
     For a TiledJpegLevel, source tiles are decoded once each and kept only while a later tile of
     the same pass can still need them (tiles come in row-major order), so memory stays at about
-    one row of source tiles whatever the slide size. A source tile that cannot be read (bit rot,
-    a cut-off tile) reads white and is recorded in `bad` ((tx, ty) -> the reason): the tiles that
-    touch it are left out (`touches_bad`), not the slide.
+    one row of source tiles whatever the slide size.
     """
 
-    def __init__(self, slide, level: int, denom: int, bad: dict[tuple[int, int], str] | None = None):
+    def __init__(self, slide, level: int, denom: int):
         self.slide, self.level, self.denom = slide, level, denom
         self.jpeg = isinstance(slide, TiledJpegLevel)
         self.cache: dict[tuple[int, int], np.ndarray] = {}
-        self.bad = {} if bad is None else bad
         if self.jpeg:
             self.tw, self.th = slide.tile_w // denom, slide.tile_h // denom
             self.w, self.h = slide.width // denom, slide.height // denom
-
-    def _source(self, tx: int, ty: int) -> np.ndarray:
-        """Source tile (tx, ty) decoded at 1/denom, cached; white (and recorded in `bad`) when unreadable."""
-        tile = self.cache.get((tx, ty))
-        if tile is None:
-            try:
-                tile = self.slide.decode(tx, ty, self.denom)
-            except SlideError as e:
-                self.bad[(tx, ty)] = str(e)
-                tile = np.full((self.th, self.tw, 3), 255, np.uint8)
-            self.cache[(tx, ty)] = tile
-        return tile
-
-    def copy(self, tx: int, ty: int) -> bytes | None | bool:
-        """Source tile (tx, ty) as a checked standalone JPEG to store as is; None when it cannot be copied
-        (missing, not standalone); False when it is unreadable (recorded in `bad`)."""
-        try:
-            return self.slide.checked_jpeg(tx, ty)
-        except SlideError as e:
-            self.bad[(tx, ty)] = str(e)
-            return False
-
-    def touches_bad(self, x0: int, y0: int, w: int, h: int) -> bool:
-        """Whether the region (decoded px) overlaps an unreadable source tile."""
-        if not self.bad:
-            return False
-        tx0, ty0 = max(x0, 0) // self.tw, max(y0, 0) // self.th
-        tx1, ty1 = (max(x0 + w, 1) - 1) // self.tw, (max(y0 + h, 1) - 1) // self.th
-        return any(tx0 <= tx <= tx1 and ty0 <= ty <= ty1 for tx, ty in self.bad)
 
     def evict(self, top: int, left: int, keep_below: int) -> None:
         """Drop tiles above row `top`, and tiles left of `left` that end above `keep_below`."""
@@ -168,12 +135,16 @@ class _Regions:
         xa, ya, xb, yb = max(x0, 0), max(y0, 0), min(x0 + w, self.w), min(y0 + h, self.h)
         tx, ty = x0 // tw, y0 // th
         if (xa, ya, xb, yb) == (x0, y0, x0 + w, y0 + h) and (x0 + w - 1) // tw == tx and (y0 + h - 1) // th == ty:
-            tile = self._source(tx, ty)  # inside one source tile: a view, no copy
+            tile = self.cache.get((tx, ty))  # inside one source tile: a view, no copy
+            if tile is None:
+                tile = self.cache[(tx, ty)] = self.slide.decode(tx, ty, self.denom)
             return tile[y0 - ty * th : y0 - ty * th + h, x0 - tx * tw : x0 - tx * tw + w]
         out = np.full((h, w, 3), 255, np.uint8)
         for ty in range(ya // th, (yb - 1) // th + 1) if yb > ya else ():
             for tx in range(xa // tw, (xb - 1) // tw + 1) if xb > xa else ():
-                tile = self._source(tx, ty)
+                tile = self.cache.get((tx, ty))
+                if tile is None:
+                    tile = self.cache[(tx, ty)] = self.slide.decode(tx, ty, self.denom)
                 sx, sy = max(xa, tx * tw), max(ya, ty * th)
                 ex, ey = min(xb, (tx + 1) * tw), min(yb, (ty + 1) * th)
                 piece = tile[sy - ty * th : ey - ty * th, sx - tx * tw : ex - tx * tw]
@@ -201,10 +172,8 @@ def read_geometry(slide, plan: ReadPlan) -> tuple[int, float, bool]:
 
 
 def read_tiles(slide, plan: ReadPlan, grid: np.ndarray, coords: np.ndarray, tile_size: int,
-               strip_tiles: int, copy_jpeg: bool = True, bad: dict[tuple[int, int], str] | None = None):
-    """Yield (index, tile) in order: tile is uint8 [T,T,3], a source tile's JPEG bytes to store as-is, or
-    None when the tile touches a source JPEG tile that cannot be decoded (TiledJpegLevel only; those
-    source tiles go into `bad`, (tx, ty) -> reason; through OpenSlide an unreadable region raises).
+               strip_tiles: int, copy_jpeg: bool = True):
+    """Yield (index, tile) in order: tile is uint8 [T,T,3], or a source tile's JPEG bytes to store as-is.
 
     `slide` is an OpenSlide or a TiledJpegLevel for `plan.level` (the TIFF's JPEG tiles decoded
     directly). A run of up to `strip_tiles` adjacent tiles on one grid row is read as one strip and,
@@ -215,7 +184,7 @@ def read_tiles(slide, plan: ReadPlan, grid: np.ndarray, coords: np.ndarray, tile
     ds = plan.level_downsample
     denom, scale, as_is = read_geometry(slide, plan)
     jpeg = isinstance(slide, TiledJpegLevel)
-    regions = _Regions(slide, plan.level, denom, bad)
+    regions = _Regions(slide, plan.level, denom)
     copy = (jpeg and copy_jpeg and as_is and denom == 1 and slide.standalone
             and slide.tile_w == slide.tile_h == tile_size)
     span = tile_size if as_is else tile_size / scale  # tile edge, decoded px
@@ -233,25 +202,21 @@ def read_tiles(slide, plan: ReadPlan, grid: np.ndarray, coords: np.ndarray, tile
             x1, y1 = math.ceil(ux[-1] + span) + margin, math.ceil(uy + span) + margin
         if jpeg:  # forget source tiles that no later tile of this pass can need
             regions.evict(y0, x0, math.floor(uy + stride) - margin - 1)
-        out: dict[int, bytes | None] = {}
+        out: dict[int, bytes] = {}
         if copy:
             ty, ry = divmod(oy, tile_size)
             for i, x in zip(range(a, b), ox.tolist()):
                 tx, rx = divmod(x, tile_size)
                 if rx == 0 and ry == 0 and x + tile_size <= slide.width and oy + tile_size <= slide.height:
-                    data = regions.copy(tx, ty)
+                    data = slide.jpeg(tx, ty)
                     if data is not None:
-                        out[i] = data or None  # False: unreadable, the tile is left out
+                        out[i] = data
             if len(out) == b - a:
                 yield from out.items()
                 continue
         if as_is and jpeg:  # tile by tile: one that lies inside a source tile is a view of it
             for i, x in zip(range(a, b), ox.tolist()):
-                if i in out:
-                    yield i, out[i]
-                    continue
-                tile = regions.get(x, oy, tile_size, tile_size)
-                yield i, None if regions.touches_bad(x, oy, tile_size, tile_size) else tile
+                yield i, out[i] if i in out else regions.get(x, oy, tile_size, tile_size)
             continue
         strip = regions.get(x0, y0, x1 - x0, y1 - y0)  # OpenSlide: one call per run
         if as_is:
@@ -265,12 +230,7 @@ def read_tiles(slide, plan: ReadPlan, grid: np.ndarray, coords: np.ndarray, tile
                 strip = np.pad(strip, ((0, max(0, need_h - strip.shape[0])), (0, max(0, need_w - strip.shape[1])),
                                        (0, 0)), mode="edge")
         for i, x in zip(range(a, b), sx.tolist()):
-            if i in out:
-                yield i, out[i]
-            elif regions.touches_bad(math.floor(ux[i - a]) - margin, y0, math.ceil(span) + 2 * margin + 1, y1 - y0):
-                yield i, None  # its pixels (and resampling support) include an unreadable source tile
-            else:
-                yield i, strip[sy : sy + tile_size, x : x + tile_size]
+            yield i, out[i] if i in out else strip[sy : sy + tile_size, x : x + tile_size]
 
 
 def load_mask(mask_png: str | Path) -> tuple[np.ndarray, dict]:
@@ -283,23 +243,18 @@ def load_mask(mask_png: str | Path) -> tuple[np.ndarray, dict]:
 
 
 def _encode_tiles(slide, plan: ReadPlan, grid: np.ndarray, coords: np.ndarray,
-                  params: TileParams) -> tuple[list[bytes | None], int, dict[tuple[int, int], str]]:
-    """JPEG bytes of the given tiles, in order (None: the tile touches an undecodable source tile), how
-    many of them are copied source tiles, and the undecodable source tiles ((tx, ty) -> reason)."""
+                  params: TileParams) -> tuple[list[bytes], int]:
+    """JPEG bytes of the given tiles, in order, and how many of them are copied source tiles."""
     import imagecodecs
 
-    jpegs: list[bytes | None] = [b""] * len(grid)
+    jpegs: list[bytes] = [b""] * len(grid)
     copied = 0
-    bad: dict[tuple[int, int], str] = {}
-    for i, tile in read_tiles(slide, plan, grid, coords, params.tile_size, params.strip_tiles, params.copy_jpeg,
-                              bad):
-        if tile is None:
-            jpegs[i] = None
-        elif isinstance(tile, bytes):
+    for i, tile in read_tiles(slide, plan, grid, coords, params.tile_size, params.strip_tiles, params.copy_jpeg):
+        if isinstance(tile, bytes):
             jpegs[i], copied = tile, copied + 1
         else:  # the same call as JpegCodec's encoder, so the bytes do not depend on the path
             jpegs[i] = imagecodecs.jpeg_encode(tile, level=params.jpeg_quality)
-    return jpegs, copied, bad
+    return jpegs, copied
 
 
 def tile_slide(slide_path: str | Path, mask_png: str | Path, out: str | Path, params: TileParams,
@@ -347,49 +302,25 @@ def tile_slide(slide_path: str | Path, mask_png: str | Path, out: str | Path, pa
     pyvips.cache_set_max(0)  # strips are wrapped, not copied: a cached operation would pin them
     pyvips.concurrency_set(1)  # parallelism is ours (threads), not libvips'
     copied = 0
-    keep = np.ones(n, bool)  # False: the tile touches an undecodable source tile (left out)
-    bad_sources: dict[tuple[int, int], str] = {}
-    allowed = int(params.max_bad_tiles_fraction * n)
     try:
         with atomic_path(out) as tmp:
             g = zarr.open_group(tmp, mode="w", zarr_format=3)
             tiles = create_tile_arrays(g, n, params.tile_size, params.shard_tiles, params.jpeg_quality)
+            write_index_arrays(g, coords, grid)
             bar = tqdm(total=n, desc=f"tile {slide_id}", unit="tile", disable=not progress, mininterval=2)
 
-            def job(a: int, b: int) -> tuple[list[bytes | None], int, dict[tuple[int, int], str]]:
+            def job(a: int, b: int) -> tuple[list[bytes], int]:
                 return _encode_tiles(reader, plan, grid[a:b], coords[a:b], params)
 
             if threads <= 1 or len(shards) <= 1:
                 results = (job(a, b) for a, b in shards)
             else:
                 results = _ordered(job, shards, threads)
-            pending: list[bytes] = []  # good tiles not yet in a shard: left-out tiles close the gaps
-            written = 0
-            for (a, b), (jpegs, c, bad) in zip(shards, results):
-                keep[a:b] = [j is not None for j in jpegs]
-                pending += [j for j in jpegs if j is not None]
-                bad_sources.update(bad)
-                n_bad = int((~keep[:b]).sum())
-                if n_bad > allowed:  # stop early: the slide fails whatever the rest holds
-                    raise SlideError(bad_tiles_reason(slide_path, n_bad, b, n, params.max_bad_tiles_fraction,
-                                                      plan.level, bad_sources))
-                while len(pending) >= per_shard or (b == n and pending):
-                    write_tile_shard(tiles, written, pending[:per_shard])
-                    pending, written = pending[per_shard:], written + 1
+            for k, (jpegs, c) in enumerate(results):
+                write_tile_shard(tiles, k, jpegs)
                 copied += c
                 bar.update(len(jpegs))
             bar.close()
-            n_good = int(keep.sum())
-            if n_good < n:
-                tiles.resize((n_good, params.tile_size, params.tile_size, 3))
-                left_out = coords[~keep]
-                log.warning("%s: %d of %d tiles left out: they touch %d undecodable source tile(s) of level %d; "
-                            "first at level-0 (%d, %d)", slide_id, n - n_good, n, len(bad_sources), plan.level,
-                            *left_out[0])
-                attrs.update(n_tiles=n_good, status="ok" if n_good else "empty", bad_tiles=n - n_good,
-                             bad_tile_coords=left_out[:MAX_BAD_COORDS].tolist(),
-                             bad_source_tiles=sorted(list(k) for k in bad_sources)[:MAX_BAD_COORDS])
-            write_index_arrays(g, coords[keep], grid[keep])
             attrs["tiles_copied"] = copied
             g.update_attributes(attrs)  # one write of zarr.json (attrs.update writes it per key)
     finally:
@@ -399,19 +330,6 @@ def tile_slide(slide_path: str | Path, mask_png: str | Path, out: str | Path, pa
             reader.close()
         slide.close()
     return attrs
-
-
-MAX_BAD_COORDS = 1000  # left-out tile positions kept in a store's attrs (the count is always whole)
-
-
-def bad_tiles_reason(slide_path: str | Path, n_bad: int, done: int, n: int, max_fraction: float, level: int,
-                     bad_sources: dict[tuple[int, int], str]) -> str:
-    """One line: how many tiles touch undecodable source tiles, against tile.max_bad_tiles_fraction."""
-    seen = f"{n_bad} of the first {done} of {n} tiles" if done < n else f"{n_bad} of {n} tiles"
-    first = min(bad_sources, key=lambda k: (k[1], k[0])) if bad_sources else None  # row-major
-    where = f" (first: source tile {first} of level {level})" if first else ""
-    return (f"{slide_path}: {seen} touch undecodable JPEG tiles{where}, more than tile.max_bad_tiles_fraction "
-            f"({max_fraction:g}) allows; the file may be truncated or corrupt: re-copy it or remove it from samples.tsv")
 
 
 def _ordered(fn, jobs: list[tuple[int, int]], threads: int):

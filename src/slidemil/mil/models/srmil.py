@@ -104,8 +104,6 @@ def with_supernode(edge_index: torch.Tensor, n: int) -> torch.Tensor:
 class SRMIL(MILModel):
     """GAT masked autoencoder + supernode classifier (needs a Bag with a grid or graph)."""
 
-    needs_graph = True  # reads the workflow's neighbour graphs: only its runs take them (plan.catalogue)
-
     def __init__(self, in_dim: int, n_classes: int, hidden: int = 256, heads: int = 4, feat_drop: float = 0.11,
                  attn_drop: float = 0.15, negative_slope: float = 0.2, mask_rate: float = 0.7,
                  w_gen: float = 1.8, w_ce: float = 1.0, alpha: float = 1.0, radius: int = 2,
